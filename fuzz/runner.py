@@ -1,0 +1,150 @@
+"""The runner: feeds every event of a trace to two models, computes the reference for each,
+and compares (design card section 2).  This is the only place where models and oracles meet.
+"""
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass, field
+
+from impls.kvm import Kvm, ModelError
+from impls.machine import HostPte
+from impls.observation import Observation
+from oracles.compare import Divergence, SideResult, compare_event
+from oracles.reference import expect
+from oracles.triage import KnownEntry, mark_known
+
+from .trace import (ChangePte, ClearFlushYoung, ClearYoung, Event, FaultBegin, FaultCommit,
+                    GuestAccess, HostMap, InvalidateRangeEnd, InvalidateRangeStart, Release,
+                    SetMemoryRegion, SyncPage, TestYoung, TraceError)
+
+
+class CandidateError(Exception):
+    """A model could not even be constructed."""
+
+
+def apply_event(model: Kvm, ev: Event) -> Observation:
+    """Run one event on one model and return what it observed.  An exception raised by the
+    model's own code is captured in the observation (`crashed`), not raised."""
+    model.begin(ev.op)
+    try:
+        if isinstance(ev, SetMemoryRegion):
+            model.set_user_memory_region(ev.as_id, ev.slot, ev.flags, ev.guest_phys_addr,
+                                         ev.memory_size, ev.userspace_addr)
+        elif isinstance(ev, HostMap):
+            model.host_map(ev.hva, ev.size, ev.pfn, ev.page_size, ev.writable)
+        elif isinstance(ev, FaultBegin):
+            model.fault_begin(ev.fault, ev.as_id, ev.gfn, ev.write)
+        elif isinstance(ev, FaultCommit):
+            model.fault_commit(ev.fault)
+        elif isinstance(ev, GuestAccess):
+            model.guest_access(ev.as_id, ev.gfn, ev.write)
+        elif isinstance(ev, SyncPage):
+            model.sync_page(ev.as_id, ev.gfn)
+        elif isinstance(ev, InvalidateRangeStart):
+            model.kvm_mmu_notifier_invalidate_range_start(ev.start, ev.end, ev.blockable)
+        elif isinstance(ev, InvalidateRangeEnd):
+            model.kvm_mmu_notifier_invalidate_range_end(ev.start, ev.end, ev.blockable)
+        elif isinstance(ev, ChangePte):
+            pte = HostPte(ev.pfn, ev.writable)
+            model.host.set_pte(ev.hva, ev.pfn, ev.writable)   # set_pte_at_notify
+            model.kvm_mmu_notifier_change_pte(ev.hva, pte)
+        elif isinstance(ev, ClearFlushYoung):
+            model.obs.young = int(model.kvm_mmu_notifier_clear_flush_young(ev.start, ev.end))
+        elif isinstance(ev, ClearYoung):
+            model.obs.young = int(model.kvm_mmu_notifier_clear_young(ev.start, ev.end))
+        elif isinstance(ev, TestYoung):
+            model.obs.young = int(model.kvm_mmu_notifier_test_young(ev.hva))
+        elif isinstance(ev, Release):
+            model.kvm_mmu_notifier_release()
+        else:
+            raise ModelError(f"unknown event {ev!r}")
+    except ModelError:
+        raise
+    except Exception as e:
+        frame = traceback.extract_tb(e.__traceback__)[-1]
+        model.obs.crashed = f"{type(e).__name__}: {e} at {frame.filename}:{frame.lineno} ({frame.name})"
+        model.mmu_lock_held = False
+    return model.obs
+
+
+def check_well_formed(events: list[Event], source: str = "<trace>") -> None:
+    """What the kernel's mm and vCPUs could never send is an input error, not a divergence."""
+    open_ranges: list[tuple[int, int]] = []
+    faults: set[int] = set()
+    for i, ev in enumerate(events):
+        where = f"{source}: event {i} ({ev.op})"
+        if isinstance(ev, InvalidateRangeStart):
+            open_ranges.append((ev.start, ev.end))
+        elif isinstance(ev, InvalidateRangeEnd):
+            if (ev.start, ev.end) not in open_ranges:
+                raise TraceError(f"{where}: field start: no open invalidate_range_start for "
+                                 f"[{ev.start:#x}, {ev.end:#x})")
+            open_ranges.remove((ev.start, ev.end))
+        elif isinstance(ev, FaultBegin):
+            if ev.fault in faults:
+                raise TraceError(f"{where}: field fault: fault {ev.fault} is already in progress")
+            faults.add(ev.fault)
+        elif isinstance(ev, FaultCommit):
+            if ev.fault not in faults:
+                raise TraceError(f"{where}: field fault: fault {ev.fault} was not begun")
+            faults.remove(ev.fault)
+        elif isinstance(ev, HostMap):
+            if ev.page_size not in (4096, 2 << 20, 1 << 30):
+                raise TraceError(f"{where}: field page_size: {ev.page_size:#x} is not 4K, 2M or 1G")
+            mask = (ev.page_size if ev.pfn is not None else 4096) - 1
+            if ev.hva & mask or ev.size & mask or (ev.pfn is not None and (ev.pfn << 12) & mask):
+                raise TraceError(f"{where}: field hva: mapping not aligned to its page size {ev.page_size:#x}")
+        if isinstance(ev, (InvalidateRangeStart, InvalidateRangeEnd, ClearFlushYoung, ClearYoung)):
+            if ev.start > ev.end:
+                raise TraceError(f"{where}: field end: {ev.end:#x} < start {ev.start:#x}")
+
+
+@dataclass
+class Side:
+    """One side of a comparison: a name for reports and the class to instantiate."""
+    name: str
+    cls: type[Kvm]
+
+    def make(self) -> Kvm:
+        try:
+            return self.cls()
+        except Exception as e:
+            raise CandidateError(f"model {self.name}: constructor raised {type(e).__name__}: {e}") from None
+
+
+@dataclass
+class TraceResult:
+    divergences: list[Divergence] = field(default_factory=list)
+    events: int = 0
+    observations: list[tuple[Observation, Observation]] = field(default_factory=list)
+
+
+def run_trace(events: list[Event], arch: str, old: Side, new: Side, known: list[KnownEntry],
+              keep_observations: bool = False, stop_at_first: bool = False) -> TraceResult:
+    """Run `events` on both sides; divergences are deduplicated by signature within a trace
+    (the first event that shows a signature is the one reported)."""
+    m_old, m_new = old.make(), new.make()
+    res = TraceResult()
+    seen: set[str] = set()
+    dead = {"old": False, "new": False}
+    for i, ev in enumerate(events):
+        pre_o, pre_n = m_old.snapshot(), m_new.snapshot()
+        obs_o = apply_event(m_old, ev) if not dead["old"] else Observation(ev.op)
+        obs_n = apply_event(m_new, ev) if not dead["new"] else Observation(ev.op)
+        res.events += 1
+        if keep_observations:
+            res.observations.append((obs_o, obs_n))
+        exp_o, exp_n = expect(ev, pre_o), expect(ev, pre_n)
+        divs = compare_event(i, ev, exp_o, SideResult(pre_o, m_old.snapshot(), obs_o, m_old.host),
+                             exp_n, SideResult(pre_n, m_new.snapshot(), obs_n, m_new.host))
+        dead["old"] |= bool(obs_o.crashed)
+        dead["new"] |= bool(obs_n.crashed)
+        for d in divs:
+            d.arch, d.old, d.new = arch, old.name, new.name
+            if d.signature not in seen:
+                seen.add(d.signature)
+                res.divergences.append(d)
+        if stop_at_first and res.divergences:
+            break
+    mark_known(res.divergences, known)
+    return res

@@ -1,0 +1,264 @@
+"""The trace language: one dataclass per event kind and a versioned, human-readable JSON codec.
+
+    {"schema": "memslot-fuzz-trace/1",
+     "events": [{"op": "set_memory_region", "as_id": 0, "slot": 0, "flags": 0,
+                 "guest_phys_addr": "0x100000", "memory_size": "0x4000",
+                 "userspace_addr": "0x7f0000000000"}, ...]}
+
+Addresses and sizes are written as hex strings (plain integers are accepted too).  Every
+field is checked on load; a bad one is reported as `FILE: event N (op): field: problem`.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import MISSING, dataclass, fields
+from pathlib import Path
+from typing import ClassVar
+
+SCHEMA = "memslot-fuzz-trace/1"
+
+
+class TraceError(ValueError):
+    """A malformed trace: the message names the file, the event and the field."""
+
+
+@dataclass(frozen=True)
+class Event:
+    op: ClassVar[str] = ""
+    hex_fields: ClassVar[tuple[str, ...]] = ()
+
+
+@dataclass(frozen=True)
+class SetMemoryRegion(Event):
+    """KVM_SET_USER_MEMORY_REGION for (as_id, slot); memory_size 0 deletes the slot."""
+    op: ClassVar[str] = "set_memory_region"
+    hex_fields: ClassVar[tuple[str, ...]] = ("guest_phys_addr", "memory_size", "userspace_addr")
+    as_id: int
+    slot: int
+    flags: int
+    guest_phys_addr: int
+    memory_size: int
+    userspace_addr: int
+
+
+@dataclass(frozen=True)
+class HostMap(Event):
+    """The host maps [hva, hva+size) to pfns from `pfn` (None: unmaps) with the given backing
+    page size.  No notifier is sent by this event alone."""
+    op: ClassVar[str] = "host_map"
+    hex_fields: ClassVar[tuple[str, ...]] = ("hva", "size", "pfn", "page_size")
+    hva: int
+    size: int
+    pfn: int | None
+    page_size: int = 4096
+    writable: bool = True
+
+
+@dataclass(frozen=True)
+class FaultBegin(Event):
+    """A vCPU faults on gfn: snapshots mmu_notifier_seq and reads the host pfn."""
+    op: ClassVar[str] = "fault_begin"
+    hex_fields: ClassVar[tuple[str, ...]] = ("gfn",)
+    fault: int
+    as_id: int
+    gfn: int
+    write: bool = False
+
+
+@dataclass(frozen=True)
+class FaultCommit(Event):
+    """The fault takes mmu_lock, asks the retry check, then installs or gives up."""
+    op: ClassVar[str] = "fault_commit"
+    fault: int
+
+
+@dataclass(frozen=True)
+class GuestAccess(Event):
+    """The guest touches gfn through the TLB or a present leaf (sets young)."""
+    op: ClassVar[str] = "guest_access"
+    hex_fields: ClassVar[tuple[str, ...]] = ("gfn",)
+    as_id: int
+    gfn: int
+    write: bool = False
+
+
+@dataclass(frozen=True)
+class SyncPage(Event):
+    """x86 shadow paging drops one 4K SPTE and defers the flush (kvm->tlbs_dirty++)."""
+    op: ClassVar[str] = "sync_page"
+    hex_fields: ClassVar[tuple[str, ...]] = ("gfn",)
+    as_id: int
+    gfn: int
+
+
+@dataclass(frozen=True)
+class InvalidateRangeStart(Event):
+    op: ClassVar[str] = "invalidate_range_start"
+    hex_fields: ClassVar[tuple[str, ...]] = ("start", "end")
+    start: int
+    end: int
+    blockable: bool = True
+
+
+@dataclass(frozen=True)
+class InvalidateRangeEnd(Event):
+    op: ClassVar[str] = "invalidate_range_end"
+    hex_fields: ClassVar[tuple[str, ...]] = ("start", "end")
+    start: int
+    end: int
+    blockable: bool = True
+
+
+@dataclass(frozen=True)
+class ChangePte(Event):
+    """set_pte_at_notify: the host pte of hva's page becomes (pfn, writable)."""
+    op: ClassVar[str] = "change_pte"
+    hex_fields: ClassVar[tuple[str, ...]] = ("hva", "pfn")
+    hva: int
+    pfn: int
+    writable: bool = False
+
+
+@dataclass(frozen=True)
+class ClearFlushYoung(Event):
+    op: ClassVar[str] = "clear_flush_young"
+    hex_fields: ClassVar[tuple[str, ...]] = ("start", "end")
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class ClearYoung(Event):
+    op: ClassVar[str] = "clear_young"
+    hex_fields: ClassVar[tuple[str, ...]] = ("start", "end")
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class TestYoung(Event):
+    op: ClassVar[str] = "test_young"
+    hex_fields: ClassVar[tuple[str, ...]] = ("hva",)
+    __test__ = False    # not a pytest class
+    hva: int
+
+
+@dataclass(frozen=True)
+class Release(Event):
+    op: ClassVar[str] = "release"
+
+
+EVENT_TYPES: dict[str, type[Event]] = {cls.op: cls for cls in (
+    SetMemoryRegion, HostMap, FaultBegin, FaultCommit, GuestAccess, SyncPage,
+    InvalidateRangeStart, InvalidateRangeEnd, ChangePte, ClearFlushYoung, ClearYoung,
+    TestYoung, Release)}
+
+NOTIFIER_OPS = ("invalidate_range_start", "invalidate_range_end", "change_pte",
+                "clear_flush_young", "clear_young", "test_young", "release")
+
+
+def notifier_range(ev: Event) -> tuple[int, int] | None:
+    """The hva range the mm hands the notifier, or None for non-notifier events.
+    Single-address notifiers are shown as their page-sized neighbourhood [hva, hva+1)."""
+    if isinstance(ev, (InvalidateRangeStart, InvalidateRangeEnd, ClearFlushYoung, ClearYoung)):
+        return ev.start, ev.end
+    if isinstance(ev, (ChangePte, TestYoung)):
+        return ev.hva, ev.hva + 1
+    return None
+
+
+# ----- JSON codec ------------------------------------------------------------------------
+def event_to_json(ev: Event) -> dict:
+    d: dict = {"op": ev.op}
+    for f in fields(ev):
+        v = getattr(ev, f.name)
+        d[f.name] = hex(v) if f.name in ev.hex_fields and isinstance(v, int) else v
+    return d
+
+
+def trace_to_json(events: list[Event]) -> dict:
+    return {"schema": SCHEMA, "events": [event_to_json(e) for e in events]}
+
+
+def dumps(events: list[Event]) -> str:
+    """One event per line: diffs and hand edits stay readable."""
+    lines = ",\n    ".join(json.dumps(event_to_json(e)) for e in events)
+    return '{"schema": "%s",\n  "events": [\n    %s\n  ]}\n' % (SCHEMA, lines)
+
+
+def _field_value(f, raw, where: str):
+    typ = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    if typ == "bool":
+        if not isinstance(raw, bool):
+            raise TraceError(f"{where}: field {f.name}: expected true/false, got {raw!r}")
+        return raw
+    optional = typ.endswith("| None")
+    if raw is None:
+        if optional:
+            return None
+        raise TraceError(f"{where}: field {f.name}: must not be null")
+    if isinstance(raw, bool):
+        raise TraceError(f"{where}: field {f.name}: expected an integer, got {raw!r}")
+    if isinstance(raw, int):
+        value = raw
+    elif isinstance(raw, str):
+        try:
+            value = int(raw, 0)
+        except ValueError:
+            raise TraceError(f"{where}: field {f.name}: {raw!r} is not an integer") from None
+    else:
+        raise TraceError(f"{where}: field {f.name}: expected an integer, got {raw!r}")
+    if value < 0:
+        raise TraceError(f"{where}: field {f.name}: {raw!r} is negative")
+    if value >= 1 << 64:
+        raise TraceError(f"{where}: field {f.name}: {raw!r} does not fit in 64 bits")
+    return value
+
+
+def event_from_json(d, where: str) -> Event:
+    if not isinstance(d, dict):
+        raise TraceError(f"{where}: expected an object, got {type(d).__name__}")
+    op = d.get("op")
+    cls = EVENT_TYPES.get(op)
+    if cls is None:
+        raise TraceError(f"{where}: field op: unknown event {op!r}; known: {', '.join(EVENT_TYPES)}")
+    where = f"{where} ({op})"
+    kwargs = {}
+    names = {f.name for f in fields(cls)}
+    extra = set(d) - names - {"op"}
+    if extra:
+        raise TraceError(f"{where}: field {sorted(extra)[0]}: not a field of {op}")
+    for f in fields(cls):
+        if f.name in d:
+            kwargs[f.name] = _field_value(f, d[f.name], where)
+        elif f.default is MISSING:
+            raise TraceError(f"{where}: field {f.name}: missing")
+    return cls(**kwargs)
+
+
+def trace_from_json(doc, source: str = "<trace>") -> list[Event]:
+    if not isinstance(doc, dict):
+        raise TraceError(f"{source}: a trace is a JSON object with 'schema' and 'events'")
+    if doc.get("schema") != SCHEMA:
+        raise TraceError(f"{source}: field schema: expected {SCHEMA!r}, got {doc.get('schema')!r}")
+    events = doc.get("events")
+    if not isinstance(events, list):
+        raise TraceError(f"{source}: field events: expected a list")
+    return [event_from_json(e, f"{source}: event {i}") for i, e in enumerate(events)]
+
+
+def loads(text: str, source: str = "<trace>") -> list[Event]:
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise TraceError(f"{source}: not JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    return trace_from_json(doc, source)
+
+
+def load(path: str | Path) -> list[Event]:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise TraceError(f"{path}: cannot read: {e.strerror}") from None
+    return loads(text, str(path))

@@ -1,0 +1,325 @@
+"""struct kvm as every model sees it: memslots, host page table, secondary MMU, TLB,
+notifier bookkeeping, the two-step guest fault path and guest accesses.
+
+Version- and arch-independent parts only.  The generic MMU-notifier layer of each kernel
+version lives in kvm_main_v5_12.py / kvm_main_v5_13.py, the arch parts in one file per
+architecture.  Models never import fuzz/.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .machine import (LEVEL_4K, PAGE_SHIFT, HostPageTable, HostPte, KVM_MEM_LOG_DIRTY_PAGES,
+                      KVM_MEM_READONLY, Leaf, Memslot, MemslotUpdateError, Memslots, Tlb,
+                      pages_per_level)
+from .observation import Flush, HandlerCall, Observation
+
+MMU_NOTIFIER_RANGE_BLOCKABLE = 1 << 0   # include/linux/mmu_notifier.h (v5.12)
+
+
+class ModelError(Exception):
+    """A trace asked the model for something the kernel can never see (e.g. a commit of a
+    fault that never began).  Reported as an input error, identical for every model."""
+
+
+@dataclass
+class PendingFault:
+    """A guest fault between fault_begin and fault_commit."""
+    as_id: int
+    gfn: int
+    write: bool
+    mmu_seq: int
+    slot: Memslot | None
+    hva: int | None
+    pte: HostPte | None
+
+
+@dataclass
+class State:
+    """Normalized copy of what the oracles need from a model at one instant."""
+    slots: list[Memslot]
+    leaves: dict[tuple[int, int, int], Leaf]
+    tlb: frozenset
+    address_space_num: int
+    mmu_notifier_count: int
+    mmu_notifier_seq: int
+    tlbs_dirty: int
+    page_shift: int = PAGE_SHIFT
+    extra: dict = field(default_factory=dict)
+
+
+class Kvm:
+    """Base of every model.  Subclasses set the arch facts below and provide the notifier
+    entry points (a kvm_main layer) and the arch hooks they call."""
+
+    arch = "abstract"
+    version = "abstract"
+    address_space_num = 1            # KVM_ADDRESS_SPACE_NUM
+    user_mem_slots = 32              # KVM_USER_MEM_SLOTS
+    readonly_mem = True              # __KVM_HAVE_READONLY_MEM
+    page_shift = PAGE_SHIFT
+    max_level = LEVEL_4K             # largest mapping the fault path may install
+    uses_retry_hva = False           # x86 checks mmu_notifier_retry_hva, others mmu_notifier_retry
+
+    def __init__(self) -> None:
+        self.memslots = Memslots(self.address_space_num, self.user_mem_slots,
+                                 self.readonly_mem, self.page_shift)
+        self.host = HostPageTable(self.page_shift)
+        self.leaves: dict[tuple[int, int, int], Leaf] = {}
+        self.tlb = Tlb()
+        self.mmu_lock_held = False
+        self.mmu_notifier_seq = 0
+        self.mmu_notifier_count = 0
+        self.mmu_notifier_range_start = 0
+        self.mmu_notifier_range_end = 0
+        self.tlbs_dirty = 0
+        self.faults: dict[int, PendingFault] = {}
+        self.obs = Observation("idle")
+
+    # ----- recording -------------------------------------------------------------------
+    def begin(self, op: str) -> None:
+        self.obs = Observation(op)
+
+    def warn(self, what: str) -> None:
+        """A modelled WARN_ON / WARN_ON_ONCE / BUG_ON fired."""
+        self.obs.warnings.append(what)
+
+    def record_call(self, hook: str, slot: Memslot, start: int, end: int, detail: str = "") -> None:
+        self.obs.calls.append(HandlerCall(hook, slot.as_id, slot.id, start, end, detail))
+
+    # ----- mmu_lock ------------------------------------------------------------------------
+    def mmu_lock(self) -> None:
+        # KVM_MMU_LOCK: write_lock on x86 (KVM_HAVE_MMU_RWLOCK), spin_lock elsewhere
+        if self.mmu_lock_held:
+            self.warn("mmu_lock taken recursively (deadlock)")
+        self.mmu_lock_held = True
+        self.obs.lock_taken = True
+
+    def mmu_unlock(self) -> None:
+        if not self.mmu_lock_held:
+            self.warn("mmu_lock released while not held")
+        self.mmu_lock_held = False
+
+    # ----- secondary MMU primitives, used by arch code -----------------------------------
+    def leaf_covering(self, as_id: int, gfn: int) -> Leaf | None:
+        for level in range(self.max_level, 0, -1):
+            n = pages_per_level(level, self.page_shift)
+            leaf = self.leaves.get((as_id, gfn - gfn % n, level))
+            if leaf is not None:
+                return leaf
+        return None
+
+    def leaves_in(self, as_id: int, start: int, end: int) -> list[Leaf]:
+        return sorted((x for x in self.leaves.values() if x.intersects(as_id, start, end)),
+                      key=lambda x: x.gfn)
+
+    def zap_leaf(self, leaf: Leaf) -> None:
+        del self.leaves[leaf.key]
+        self.obs.zapped.append(leaf.snapshot())
+
+    def age_leaf(self, leaf: Leaf) -> None:
+        before = leaf.snapshot()
+        leaf.young = False
+        self.obs.aged.append(before)
+
+    def change_leaf(self, leaf: Leaf, pfn: int, writable: bool, young: bool) -> None:
+        before = leaf.snapshot()
+        leaf.pfn, leaf.writable, leaf.young = pfn, writable, young
+        self.obs.changed.append((before, leaf.snapshot()))
+
+    def install_leaf(self, leaf: Leaf) -> None:
+        self.leaves[leaf.key] = leaf
+        self.obs.installed.append(leaf.snapshot())
+        self.tlb.fill(leaf)
+
+    # ----- TLB flushes ----------------------------------------------------------------------
+    def kvm_flush_remote_tlbs(self) -> None:
+        # v5.12 virt/kvm/kvm_main.c kvm_flush_remote_tlbs: snapshot tlbs_dirty, request a
+        # flush on every vCPU (they have flushed when it returns), then cmpxchg tlbs_dirty to 0
+        dirty_count = self.tlbs_dirty
+        self.flush_tlb_all("kvm_flush_remote_tlbs")
+        if self.tlbs_dirty == dirty_count:
+            self.tlbs_dirty = 0
+
+    def flush_tlb_all(self, origin: str) -> None:
+        self.tlb.flush_all()
+        self.obs.flushes.append(Flush("all", self.mmu_lock_held, origin))
+
+    def flush_tlb_range(self, as_id: int | None, start: int, end: int, origin: str) -> None:
+        self.tlb.flush_range(as_id, start, end)
+        self.obs.flushes.append(Flush("range", self.mmu_lock_held, origin, as_id, start, end))
+
+    # ----- memslot updates (identical for every model) ---------------------------------
+    def set_user_memory_region(self, as_id: int, slot: int, flags: int, guest_phys_addr: int,
+                               memory_size: int, userspace_addr: int) -> None:
+        # v5.12 virt/kvm/kvm_main.c __kvm_set_memory_region (rules in machine.Memslots)
+        try:
+            change = self.memslots.set_user_memory_region(
+                as_id, slot, flags, guest_phys_addr, memory_size, userspace_addr)
+        except MemslotUpdateError as e:
+            self.obs.error = e.errno_name
+            self.obs.note = e.why
+            return
+        self.obs.note = change.kind
+        if change.kind in ("delete", "move") and change.old is not None:
+            # the old slot is marked invalid and every mapping of it is zapped and flushed
+            # before the new array is published: kvm_arch_flush_shadow_memslot
+            self.mmu_lock()
+            self.kvm_arch_flush_shadow_memslot(change.old)
+            self.mmu_unlock()
+        if change.kind in ("delete", "move"):
+            # a fault that raced with the update finds its slot gone and is retried
+            for f in self.faults.values():
+                if f.slot is not None and f.slot.key == change.old.key:
+                    f.slot = None
+
+    def kvm_arch_flush_shadow_memslot(self, slot: Memslot) -> None:
+        # default for every arch: drop every leaf of the slot, then flush them all
+        for leaf in self.leaves_in(slot.as_id, slot.base_gfn, slot.gfn_end):
+            self.zap_leaf(leaf)
+        self.flush_tlb_all("kvm_arch_flush_shadow_memslot")
+
+    # ----- host page table (the primary MMU) -------------------------------------------
+    def host_map(self, hva: int, size: int, pfn: int | None, page_size: int, writable: bool) -> None:
+        try:
+            self.host.map(hva, size, pfn, page_size, writable)
+        except ValueError as e:
+            raise ModelError(str(e)) from None
+
+    # ----- guest faults: begin (snapshot seq, read the host pte) then commit ---------------
+    def fault_begin(self, fault: int, as_id: int, gfn: int, write: bool) -> None:
+        # v5.12 arch/x86/kvm/mmu/mmu.c direct_page_fault: mmu_seq = kvm->mmu_notifier_seq;
+        # smp_rmb(); then the pfn is looked up through the host page table
+        if fault in self.faults:
+            raise ModelError(f"fault {fault} begun twice")
+        if not 0 <= as_id < self.address_space_num:
+            self.faults[fault] = PendingFault(as_id, gfn, write, self.mmu_notifier_seq, None, None, None)
+            return
+        slot = self.memslots.find_gfn(as_id, gfn)
+        hva = slot.gfn_to_hva(gfn) if slot else None
+        pte = self.host.lookup(hva) if slot else None
+        self.faults[fault] = PendingFault(as_id, gfn, write, self.mmu_notifier_seq, slot, hva, pte)
+
+    def fault_commit(self, fault: int) -> None:
+        f = self.faults.pop(fault, None)
+        if f is None:
+            raise ModelError(f"fault {fault} committed without fault_begin")
+        if f.slot is None or f.pte is None:
+            self.obs.note = "no memslot" if f.slot is None else "no host page"
+            return
+        if f.write and (f.slot.flags & KVM_MEM_READONLY):
+            self.obs.note = "write to read-only slot (MMIO exit)"
+            return
+        self.mmu_lock()
+        if self.fault_is_stale(f):
+            self.obs.note = "retry"
+        elif self.leaf_covering(f.as_id, f.gfn) is not None:
+            self.obs.note = "already mapped"
+        else:
+            self.map_fault(f)
+        self.mmu_unlock()
+
+    def fault_is_stale(self, f: PendingFault) -> bool:
+        if self.uses_retry_hva:
+            return self.mmu_notifier_retry_hva(f.mmu_seq, f.hva)
+        return self.mmu_notifier_retry(f.mmu_seq)
+
+    def mmu_notifier_retry(self, mmu_seq: int) -> bool:
+        # v5.12 include/linux/kvm_host.h mmu_notifier_retry
+        if self.mmu_notifier_count:
+            return True
+        return self.mmu_notifier_seq != mmu_seq
+
+    def mmu_notifier_retry_hva(self, mmu_seq: int, hva: int) -> bool:
+        # v5.12 include/linux/kvm_host.h mmu_notifier_retry_hva: half-open union range
+        if (self.mmu_notifier_count and self.mmu_notifier_range_start <= hva
+                and hva < self.mmu_notifier_range_end):
+            return True
+        return self.mmu_notifier_seq != mmu_seq
+
+    def fault_level(self, f: PendingFault) -> int:
+        """Largest level the fault may map: the host mapping size, the slot's alignment and
+        the arch limit.  Arch files override where their rule differs."""
+        level = min(self.max_level, f.pte.level)
+        if f.slot.flags & KVM_MEM_LOG_DIRTY_PAGES:
+            return LEVEL_4K
+        while level > LEVEL_4K and not self.huge_frame_allowed(f.slot, f.gfn, level):
+            level -= 1
+        return level
+
+    def huge_frame_allowed(self, slot: Memslot, gfn: int, level: int) -> bool:
+        # v5.12 arch/x86/kvm/x86.c kvm_alloc_memslot_metadata: a huge frame is disallowed when
+        # gfn and hva are not equally aligned inside it, or it is not wholly inside the slot
+        n = pages_per_level(level, self.page_shift)
+        if (slot.base_gfn ^ (slot.userspace_addr >> self.page_shift)) & (n - 1):
+            return False
+        base = gfn - gfn % n
+        return base >= slot.base_gfn and base + n <= slot.gfn_end
+
+    def map_fault(self, f: PendingFault) -> None:
+        level = self.fault_level(f)
+        n = pages_per_level(level, self.page_shift)
+        base = f.gfn - f.gfn % n
+        for old in self.leaves_in(f.as_id, base, base + n):
+            # a smaller mapping inside the new huge frame is replaced (and flushed)
+            self.zap_leaf(old)
+            self.flush_tlb_range(f.as_id, old.gfn, old.gfn_end, "fault: replace smaller mapping")
+        writable = f.pte.writable and not (f.slot.flags & KVM_MEM_READONLY)
+        self.install_leaf(Leaf(f.as_id, base, level, f.pte.pfn - (f.gfn - base), n,
+                               writable=writable, young=True, dirty=f.write and writable))
+
+    # ----- guest accesses -----------------------------------------------------------------
+    def guest_access(self, as_id: int, gfn: int, write: bool) -> None:
+        """The guest touches gfn: a present leaf gets its accessed bit (and dirty on a
+        write) and is cached in the TLB.  Without a leaf the guest would fault instead."""
+        leaf = self.leaf_covering(as_id, gfn)
+        if leaf is None:
+            self.obs.note = "not mapped"
+            return
+        leaf.young = True
+        if write and leaf.writable:
+            leaf.dirty = True
+        self.tlb.fill(leaf)
+
+    def sync_page(self, as_id: int, gfn: int) -> None:
+        """x86 shadow paging only (FNAME(sync_page)); other arches have no deferred flush."""
+        self.obs.note = "not modelled on this arch"
+
+    # ----- notifier entry points: provided by a kvm_main layer -------------------------
+    def kvm_mmu_notifier_invalidate_range_start(self, start: int, end: int, blockable: bool) -> int:
+        raise NotImplementedError
+
+    def kvm_mmu_notifier_invalidate_range_end(self, start: int, end: int, blockable: bool) -> None:
+        raise NotImplementedError
+
+    def kvm_mmu_notifier_change_pte(self, address: int, pte: HostPte) -> None:
+        raise NotImplementedError
+
+    def kvm_mmu_notifier_clear_flush_young(self, start: int, end: int) -> int:
+        raise NotImplementedError
+
+    def kvm_mmu_notifier_clear_young(self, start: int, end: int) -> int:
+        raise NotImplementedError
+
+    def kvm_mmu_notifier_test_young(self, address: int) -> int:
+        raise NotImplementedError
+
+    def kvm_mmu_notifier_release(self) -> None:
+        raise NotImplementedError
+
+    def kvm_arch_flush_shadow_all(self) -> None:
+        # what most arches do at release: drop every mapping and flush
+        for leaf in list(self.leaves.values()):
+            self.zap_leaf(leaf)
+        self.flush_tlb_all("kvm_arch_flush_shadow_all")
+
+    # ----- snapshot ----------------------------------------------------------------------
+    def snapshot(self) -> State:
+        return State(slots=self.memslots.all(),
+                     leaves={k: v.snapshot() for k, v in self.leaves.items()},
+                     tlb=frozenset(self.tlb.entries),
+                     address_space_num=self.address_space_num,
+                     mmu_notifier_count=self.mmu_notifier_count,
+                     mmu_notifier_seq=self.mmu_notifier_seq,
+                     tlbs_dirty=self.tlbs_dirty,
+                     page_shift=self.page_shift)

@@ -1,0 +1,300 @@
+"""The abstract KVM machine that every model shares (design card section 3).
+
+Memslots with KVM_SET_USER_MEMORY_REGION's rules, the host page table (the primary MMU),
+the normalized secondary-MMU view (leaves), and the TLB.  Nothing here is version
+specific: the memslot rules and the TLB are the same for every kernel we model, so every
+model gives the same answer to the same memslot update and differs only in its MMU-notifier
+path (v5.12 and v5.13 virt/kvm/kvm_main.c __kvm_set_memory_region agree on these checks).
+"""
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass, field
+
+PAGE_SHIFT = 12
+PAGE_SIZE = 1 << PAGE_SHIFT
+
+# Page-table levels, as x86 names them (PG_LEVEL_4K, PG_LEVEL_2M, PG_LEVEL_1G); other
+# architectures map their block sizes onto the same numbers (arm64 PMD = 2, PUD = 3).
+LEVEL_4K, LEVEL_2M, LEVEL_1G = 1, 2, 3
+LEVEL_PAGE_SIZE = {LEVEL_4K: 4096, LEVEL_2M: 2 << 20, LEVEL_1G: 1 << 30}
+
+
+def pages_per_level(level: int, page_shift: int = PAGE_SHIFT) -> int:
+    """Number of base pages in one mapping of this level (KVM_PAGES_PER_HPAGE)."""
+    return LEVEL_PAGE_SIZE[level] >> page_shift
+
+
+# KVM_SET_USER_MEMORY_REGION flags (include/uapi/linux/kvm.h, v5.12/v5.13).
+KVM_MEM_LOG_DIRTY_PAGES = 1 << 0
+KVM_MEM_READONLY = 1 << 1
+
+
+class MemslotUpdateError(Exception):
+    """KVM_SET_USER_MEMORY_REGION refused the update; `errno_name` is what KVM returns."""
+
+    def __init__(self, errno_name: str, why: str):
+        super().__init__(f"{errno_name}: {why}")
+        self.errno_name = errno_name
+        self.why = why
+
+
+@dataclass(frozen=True)
+class Memslot:
+    """One struct kvm_memory_slot: gfns [base_gfn, base_gfn+npages) backed by hvas from userspace_addr."""
+    as_id: int
+    id: int
+    base_gfn: int
+    npages: int
+    userspace_addr: int
+    flags: int = 0
+    page_shift: int = PAGE_SHIFT
+
+    @property
+    def hva_start(self) -> int:
+        return self.userspace_addr
+
+    @property
+    def hva_end(self) -> int:
+        return self.userspace_addr + (self.npages << self.page_shift)
+
+    @property
+    def gfn_end(self) -> int:
+        return self.base_gfn + self.npages
+
+    def gfn_to_hva(self, gfn: int) -> int:
+        # v5.12 include/linux/kvm_host.h __gfn_to_hva_memslot
+        return self.userspace_addr + ((gfn - self.base_gfn) << self.page_shift)
+
+    def hva_to_gfn(self, hva: int) -> int:
+        # v5.12 include/linux/kvm_host.h hva_to_gfn_memslot: floor division
+        return self.base_gfn + ((hva - self.userspace_addr) >> self.page_shift)
+
+    def has_gfn(self, gfn: int) -> bool:
+        return self.base_gfn <= gfn < self.gfn_end
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return (self.as_id, self.id)
+
+    def describe(self) -> str:
+        return (f"as{self.as_id}/slot{self.id} gfn[{self.base_gfn:#x},{self.gfn_end:#x}) "
+                f"hva[{self.hva_start:#x},{self.hva_end:#x})")
+
+
+@dataclass
+class MemslotChange:
+    """What __kvm_set_memory_region decided: KVM_MR_CREATE, DELETE, MOVE, FLAGS_ONLY or nothing."""
+    kind: str                      # "create" | "delete" | "move" | "flags_only" | "none"
+    old: Memslot | None
+    new: Memslot | None
+
+
+class Memslots:
+    """The memslot arrays of all address spaces, with the update rules of
+    v5.12 virt/kvm/kvm_main.c __kvm_set_memory_region (unchanged in v5.13)."""
+
+    def __init__(self, address_space_num: int, user_mem_slots: int, readonly_mem: bool,
+                 page_shift: int = PAGE_SHIFT, max_nr_pages: int = (1 << 31) - 1):
+        self.address_space_num = address_space_num
+        self.user_mem_slots = user_mem_slots
+        self.readonly_mem = readonly_mem
+        self.page_shift = page_shift
+        self.max_nr_pages = max_nr_pages
+        self._by_as: list[dict[int, Memslot]] = [dict() for _ in range(address_space_num)]
+
+    def in_as(self, as_id: int) -> list[Memslot]:
+        """Slots of one address space in kvm_for_each_memslot order.
+
+        v5.12 virt/kvm/kvm_main.c update_memslots keeps the array sorted by base_gfn,
+        highest first; v5.13 is the same (the gfn tree arrives in v5.17)."""
+        return sorted(self._by_as[as_id].values(), key=lambda s: (-s.base_gfn, s.id))
+
+    def all(self) -> list[Memslot]:
+        """Every slot, address space 0 first, each in kernel array order."""
+        return [s for a in range(self.address_space_num) for s in self.in_as(a)]
+
+    def find_gfn(self, as_id: int, gfn: int) -> Memslot | None:
+        for s in self._by_as[as_id].values():
+            if s.has_gfn(gfn):
+                return s
+        return None
+
+    def set_user_memory_region(self, as_id: int, slot_id: int, flags: int,
+                               guest_phys_addr: int, memory_size: int,
+                               userspace_addr: int) -> MemslotChange:
+        """Validate and apply one KVM_SET_USER_MEMORY_REGION.
+
+        v5.12 virt/kvm/kvm_main.c kvm_vm_ioctl_set_memory_region, check_memory_region_flags,
+        __kvm_set_memory_region; raises MemslotUpdateError with KVM's errno."""
+        page_mask = (1 << self.page_shift) - 1
+        valid = KVM_MEM_LOG_DIRTY_PAGES | (KVM_MEM_READONLY if self.readonly_mem else 0)
+        if slot_id < 0 or slot_id >= self.user_mem_slots:
+            raise MemslotUpdateError("EINVAL", f"slot {slot_id} >= KVM_USER_MEM_SLOTS ({self.user_mem_slots})")
+        if flags & ~valid:
+            raise MemslotUpdateError("EINVAL", f"flags {flags:#x} not in {valid:#x}")
+        if memory_size & page_mask:
+            raise MemslotUpdateError("EINVAL", f"memory_size {memory_size:#x} not page aligned")
+        if guest_phys_addr & page_mask:
+            raise MemslotUpdateError("EINVAL", f"guest_phys_addr {guest_phys_addr:#x} not page aligned")
+        if userspace_addr & page_mask:
+            raise MemslotUpdateError("EINVAL", f"userspace_addr {userspace_addr:#x} not page aligned")
+        if memory_size < 0 or guest_phys_addr < 0 or userspace_addr < 0:
+            raise MemslotUpdateError("EINVAL", "negative address or size")
+        if userspace_addr + memory_size > (1 << 47):
+            raise MemslotUpdateError("EINVAL", "userspace range fails access_ok")
+        if as_id < 0 or as_id >= self.address_space_num:
+            raise MemslotUpdateError("EINVAL", f"as_id {as_id} >= KVM_ADDRESS_SPACE_NUM ({self.address_space_num})")
+        if guest_phys_addr + memory_size > (1 << 64) - 1:
+            raise MemslotUpdateError("EINVAL", "guest_phys_addr + memory_size wraps")
+        npages = memory_size >> self.page_shift
+        if npages > self.max_nr_pages:
+            raise MemslotUpdateError("EINVAL", f"npages {npages} > KVM_MEM_MAX_NR_PAGES")
+        base_gfn = guest_phys_addr >> self.page_shift
+        old = self._by_as[as_id].get(slot_id)
+        new = Memslot(as_id, slot_id, base_gfn, npages, userspace_addr, flags, self.page_shift)
+
+        if npages == 0:
+            if old is None:
+                raise MemslotUpdateError("EINVAL", f"delete of as{as_id}/slot{slot_id}, which does not exist")
+            del self._by_as[as_id][slot_id]
+            return MemslotChange("delete", old, None)
+
+        if old is None:
+            kind = "create"
+        else:
+            if userspace_addr != old.userspace_addr:
+                raise MemslotUpdateError("EINVAL", "userspace_addr of an existing slot cannot change")
+            if npages != old.npages:
+                raise MemslotUpdateError("EINVAL", "size of an existing slot cannot change")
+            if (flags ^ old.flags) & KVM_MEM_READONLY:
+                raise MemslotUpdateError("EINVAL", "KVM_MEM_READONLY of an existing slot cannot change")
+            if base_gfn != old.base_gfn:
+                kind = "move"
+            elif flags != old.flags:
+                kind = "flags_only"
+            else:
+                return MemslotChange("none", old, old)
+
+        if kind in ("create", "move"):
+            for other in self._by_as[as_id].values():
+                if other.id == slot_id:
+                    continue
+                if base_gfn + npages <= other.base_gfn or base_gfn >= other.gfn_end:
+                    continue
+                raise MemslotUpdateError(
+                    "EEXIST", f"gfn [{base_gfn:#x},{base_gfn + npages:#x}) overlaps {other.describe()}")
+        self._by_as[as_id][slot_id] = new
+        return MemslotChange(kind, old, new)
+
+
+@dataclass(frozen=True)
+class HostPte:
+    """One base page of the host page table: its pfn, writability and the size of the host
+    mapping that holds it (the level host_pfn_mapping_level would read)."""
+    pfn: int
+    writable: bool
+    level: int = LEVEL_4K
+
+
+class HostPageTable:
+    """The primary MMU: hva page -> HostPte."""
+
+    def __init__(self, page_shift: int = PAGE_SHIFT):
+        self.page_shift = page_shift
+        self.ptes: dict[int, HostPte] = {}
+
+    def lookup(self, hva: int) -> HostPte | None:
+        return self.ptes.get(hva >> self.page_shift)
+
+    def map(self, hva: int, size: int, pfn: int | None, page_size: int, writable: bool) -> None:
+        """Map [hva, hva+size) to consecutive pfns from `pfn` with backing page size
+        `page_size`, or unmap it when pfn is None.  Huge backing needs hva, size and pfn
+        aligned to the page size, as a THP or hugetlbfs mapping would be."""
+        level = {v: k for k, v in LEVEL_PAGE_SIZE.items()}.get(page_size)
+        if level is None:
+            raise ValueError(f"host page size {page_size:#x} is not 4K, 2M or 1G")
+        mask = page_size - 1
+        if hva & ((1 << self.page_shift) - 1) or size & ((1 << self.page_shift) - 1):
+            raise ValueError(f"host mapping [{hva:#x},+{size:#x}) is not page aligned")
+        if pfn is not None and (hva & mask or size & mask or (pfn << self.page_shift) & mask):
+            raise ValueError(f"host mapping [{hva:#x},+{size:#x}) pfn {pfn:#x} not aligned to {page_size:#x}")
+        first = hva >> self.page_shift
+        for i in range(size >> self.page_shift):
+            if pfn is None:
+                self.ptes.pop(first + i, None)
+            else:
+                self.ptes[first + i] = HostPte(pfn + i, writable, level)
+
+    def set_pte(self, hva: int, pfn: int, writable: bool) -> None:
+        """set_pte_at for one base page (what change_pte accompanies); a 4K pte."""
+        self.ptes[hva >> self.page_shift] = HostPte(pfn, writable, LEVEL_4K)
+
+
+@dataclass
+class Leaf:
+    """A present leaf translation of the secondary MMU, normalized across architectures:
+    gfns [gfn, gfn + pages) of address space as_id map to pfns [pfn, pfn + pages)."""
+    as_id: int
+    gfn: int
+    level: int
+    pfn: int
+    pages: int
+    writable: bool = False
+    young: bool = True
+    dirty: bool = False
+
+    @property
+    def key(self) -> tuple[int, int, int]:
+        return (self.as_id, self.gfn, self.level)
+
+    @property
+    def gfn_end(self) -> int:
+        return self.gfn + self.pages
+
+    def covers(self, as_id: int, gfn: int) -> bool:
+        return as_id == self.as_id and self.gfn <= gfn < self.gfn_end
+
+    def intersects(self, as_id: int, start: int, end: int) -> bool:
+        return as_id == self.as_id and self.gfn < end and start < self.gfn_end
+
+    def snapshot(self) -> "Leaf":
+        return Leaf(self.as_id, self.gfn, self.level, self.pfn, self.pages,
+                    self.writable, self.young, self.dirty)
+
+
+@dataclass(frozen=True)
+class TlbEntry:
+    """A translation a vCPU may still use: it stays until a flush that covers it."""
+    as_id: int
+    gfn: int
+    pages: int
+    pfn: int
+    writable: bool
+
+    def intersects(self, as_id: int | None, start: int, end: int) -> bool:
+        return (as_id is None or as_id == self.as_id) and self.gfn < end and start < self.gfn + self.pages
+
+
+@dataclass
+class Tlb:
+    """Cached translations across all vCPUs.  Filled when a leaf is installed or the guest
+    touches it; emptied only by flushes, so a zap without a flush leaves a usable entry."""
+    entries: set[TlbEntry] = field(default_factory=set)
+
+    def fill(self, leaf: Leaf) -> None:
+        self.entries.add(TlbEntry(leaf.as_id, leaf.gfn, leaf.pages, leaf.pfn, leaf.writable))
+
+    def flush_all(self) -> int:
+        n = len(self.entries)
+        self.entries.clear()
+        return n
+
+    def flush_range(self, as_id: int | None, start: int, end: int) -> int:
+        gone = {e for e in self.entries if e.intersects(as_id, start, end)}
+        self.entries -= gone
+        return len(gone)
+
+
+def errno_value(name: str) -> int:
+    return getattr(errno, name)

@@ -1,0 +1,95 @@
+"""What a model reports for one event (design card section 5).
+
+Models fill these in as they run; the oracles compare them.  Every gfn range is half-open
+[start, end) after normalization: a model whose handler consumes an inclusive end, or a
+(gpa, bytes) pair, reports the gfns that handler really touches.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .machine import Leaf
+
+
+@dataclass
+class HandlerCall:
+    """One call from a walker into an arch handler, normalized to the gfns it acts on."""
+    hook: str                  # e.g. "kvm_unmap_rmapp", "kvm_unmap_gfn_range"
+    as_id: int
+    slot: int
+    start: int                 # first gfn the handler acts on
+    end: int                   # one past the last gfn the handler acts on
+    detail: str = ""           # arch-specific shape, e.g. per-level rmap visits
+
+    def to_json(self) -> dict:
+        d = {"hook": self.hook, "as_id": self.as_id, "slot": self.slot,
+             "gfns": [hex(self.start), hex(self.end)]}
+        if self.detail:
+            d["detail"] = self.detail
+        return d
+
+
+@dataclass
+class Flush:
+    """One TLB flush: all translations, or a gfn range of one address space."""
+    scope: str                 # "all" | "range"
+    locked: bool               # mmu_lock held when it was issued
+    origin: str                # function that issued it, e.g. "kvm_flush_remote_tlbs"
+    as_id: int | None = None
+    start: int = 0
+    end: int = 0
+
+    def covers(self, as_id: int, start: int, end: int) -> bool:
+        if self.scope == "all":
+            return True
+        return (self.as_id is None or self.as_id == as_id) and self.start < end and start < self.end
+
+    def to_json(self) -> dict:
+        d = {"scope": self.scope, "locked": self.locked, "origin": self.origin}
+        if self.scope == "range":
+            d.update(as_id=self.as_id, gfns=[hex(self.start), hex(self.end)])
+        return d
+
+
+@dataclass
+class Observation:
+    """Everything one model did for one event."""
+    op: str
+    calls: list[HandlerCall] = field(default_factory=list)
+    zapped: list[Leaf] = field(default_factory=list)      # leaves removed (state before removal)
+    aged: list[Leaf] = field(default_factory=list)        # leaves whose young bit was cleared
+    changed: list[tuple[Leaf, Leaf]] = field(default_factory=list)  # (before, after) in place
+    installed: list[Leaf] = field(default_factory=list)   # leaves created
+    flushes: list[Flush] = field(default_factory=list)
+    young: int | None = None                              # age / test_age result
+    lock_taken: bool = False
+    warnings: list[str] = field(default_factory=list)
+    error: str | None = None                              # errno name for a refused update
+    note: str = ""                                        # e.g. "fault retried"
+    crashed: str | None = None                            # a candidate model raised
+
+    def to_json(self) -> dict:
+        d: dict = {"op": self.op}
+        if self.calls:
+            d["calls"] = [c.to_json() for c in self.calls]
+        for name in ("zapped", "aged", "installed"):
+            leaves = getattr(self, name)
+            if leaves:
+                d[name] = [leaf_json(x) for x in leaves]
+        if self.changed:
+            d["changed"] = [{"before": leaf_json(a), "after": leaf_json(b)} for a, b in self.changed]
+        if self.flushes:
+            d["flushes"] = [f.to_json() for f in self.flushes]
+        if self.young is not None:
+            d["young"] = self.young
+        d["lock_taken"] = self.lock_taken
+        for name in ("warnings", "error", "note", "crashed"):
+            v = getattr(self, name)
+            if v:
+                d[name] = v
+        return d
+
+
+def leaf_json(leaf: Leaf) -> dict:
+    return {"as_id": leaf.as_id, "gfn": hex(leaf.gfn), "level": leaf.level, "pages": leaf.pages,
+            "pfn": hex(leaf.pfn), "young": leaf.young, "writable": leaf.writable}

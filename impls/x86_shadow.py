@@ -1,0 +1,198 @@
+"""x86, legacy (rmap-based "shadow") MMU: arch/x86/kvm/mmu/mmu.c, v5.12 and v5.13.
+
+The legacy MMU keeps, per memslot and per level (4K, 2M, 1G), an array of rmap heads indexed
+by gfn_to_index; every SPTE is chained on the head of its (slot, level, frame).  We keep one
+leaf per (address space, frame, level): an rmap head holds at most that leaf.
+
+v5.12: the arch hva hooks walk both address spaces themselves (kvm_handle_hva_range), then
+visit every rmap head of every level from the first gfn to the INCLUSIVE last gfn, passing
+an unaligned gfn (first gfn + k pages of the level) at the huge levels.
+v5.13: the common walker hands [start, end) per slot; kvm_handle_gfn_range visits the same
+rmap heads with end - 1.  The rmap handlers are the same in both versions.
+
+The TDP MMU is off (tdp_mmu module parameter, default false in v5.12): see x86_tdp.py.
+"""
+from __future__ import annotations
+
+from .kvm import Kvm, PendingFault
+from .kvm_main_v5_12 import KvmMainV5_12
+from .kvm_main_v5_13 import KvmGfnRange, KvmMainV5_13
+from .machine import LEVEL_1G, LEVEL_4K, HostPte, Leaf, Memslot
+
+KVM_HPAGE_GFN_SHIFT = {1: 0, 2: 9, 3: 18}       # arch/x86/include/asm/kvm_host.h
+
+
+class X86ShadowMmu(Kvm):
+    """What both versions share: rmaps, rmap handlers, fault rules, deferred flushes."""
+    arch = "x86-shadow"
+    address_space_num = 2            # KVM_ADDRESS_SPACE_NUM: as_id 1 is SMM
+    user_mem_slots = 509             # KVM_USER_MEM_SLOTS (v5.12 arch/x86/include/asm/kvm_host.h)
+    max_level = LEVEL_1G             # KVM_MAX_HUGEPAGE_LEVEL
+    uses_retry_hva = True            # direct_page_fault / FNAME(page_fault)
+    hyperv_range_flush = False       # kvm_available_flush_tlb_with_range(): Hyper-V only
+
+    # ----- rmaps -----------------------------------------------------------------------
+    def gfn_to_index(self, gfn: int, base_gfn: int, level: int) -> int:
+        # v5.12 arch/x86/include/asm/kvm_host.h gfn_to_index
+        s = KVM_HPAGE_GFN_SHIFT[level]
+        return (gfn >> s) - (base_gfn >> s)
+
+    def rmap_head(self, slot: Memslot, level: int, index: int) -> Leaf | None:
+        """The SPTE chained on slot->arch.rmap[level - 1][index], if any."""
+        s = KVM_HPAGE_GFN_SHIFT[level]
+        frame_gfn = ((slot.base_gfn >> s) + index) << s
+        if not slot.has_gfn(frame_gfn):
+            return None       # a frame that starts before the slot can hold no SPTE of it
+        return self.leaves.get((slot.as_id, frame_gfn, level))
+
+    def rmap_ranges(self, slot: Memslot, start_gfn: int, last_gfn: int) -> list[tuple[int, int, int]]:
+        """(level, first index, last index) of the rmap heads from start_gfn to last_gfn
+        INCLUSIVE, levels 4K..1G (v5.12 arch/x86/kvm/mmu/mmu.c slot_rmap_walk_init)."""
+        return [(level, self.gfn_to_index(start_gfn, slot.base_gfn, level),
+                 self.gfn_to_index(last_gfn, slot.base_gfn, level))
+                for level in range(LEVEL_4K, LEVEL_1G + 1)]
+
+    def for_each_slot_rmap_range(self, slot: Memslot, start_gfn: int, last_gfn: int):
+        """Yield (level, index, gfn) for every rmap head the kernel visits.
+
+        v5.12 arch/x86/kvm/mmu/mmu.c for_each_slot_rmap_range / slot_rmap_walk_next: the gfn
+        starts at start_gfn and steps by the pages of the level, so it is unaligned at huge
+        levels."""
+        for level, first, last in self.rmap_ranges(slot, start_gfn, last_gfn):
+            for index in range(first, last + 1):
+                yield level, index, start_gfn + ((index - first) << KVM_HPAGE_GFN_SHIFT[level])
+
+    def walk_rmaps(self, hook: str, slot: Memslot, start_gfn: int, end_gfn: int, handler, pte) -> bool:
+        """Run `handler` on the rmap heads for [start_gfn, end_gfn) and OR the results.
+
+        Same visits as for_each_slot_rmap_range, but heads without an SPTE are skipped:
+        every rmap handler does nothing and returns false on an empty head."""
+        ret = False
+        shape = []
+        for level, first, last in self.rmap_ranges(slot, start_gfn, end_gfn - 1):
+            s = KVM_HPAGE_GFN_SHIFT[level]
+            shape.append(f"L{level}[{first}..{last}]@{start_gfn:#x}")
+            busy = sorted(self.gfn_to_index(x.gfn, slot.base_gfn, level)
+                          for x in self.leaves.values()
+                          if x.as_id == slot.as_id and x.level == level and slot.has_gfn(x.gfn))
+            for index in busy:
+                if first <= index <= last:
+                    gfn = start_gfn + ((index - first) << s)
+                    ret |= bool(handler(self.rmap_head(slot, level, index), slot, gfn, level, pte))
+        self.record_call(hook, slot, start_gfn, end_gfn, " ".join(shape))
+        return ret
+
+    # ----- rmap handlers (same code in v5.12 and v5.13) --------------------------------
+    def kvm_unmap_rmapp(self, head: Leaf | None, slot, gfn, level, pte) -> bool:
+        # v5.12 arch/x86/kvm/mmu/mmu.c kvm_unmap_rmapp -> kvm_zap_rmapp: drop every SPTE, no flush
+        if head is None:
+            return False
+        self.zap_leaf(head)
+        return True
+
+    def kvm_set_pte_rmapp(self, head: Leaf | None, slot, gfn, level, pte: HostPte) -> bool:
+        # v5.12 arch/x86/kvm/mmu/mmu.c kvm_set_pte_rmapp
+        if pte.level != LEVEL_4K:
+            self.warn("WARN_ON(pte_huge(*ptep)) in kvm_set_pte_rmapp")
+        if head is None:
+            return False
+        if pte.writable:
+            self.zap_leaf(head)          # writable host pte: drop, refault later
+        else:
+            # the SPTE keeps its level and gets the new pfn, read-only and access-tracked
+            self.change_leaf(head, pte.pfn, writable=False, young=False)
+        if self.hyperv_range_flush:
+            self.flush_tlb_range(slot.as_id, gfn, gfn + 1, "kvm_flush_remote_tlbs_with_address")
+            return False
+        return True
+
+    def kvm_age_rmapp(self, head: Leaf | None, slot, gfn, level, pte) -> bool:
+        # v5.12 arch/x86/kvm/mmu/mmu.c kvm_age_rmapp -> mmu_spte_age: clear Accessed, no flush
+        if head is None or not head.young:
+            return False
+        self.age_leaf(head)
+        return True
+
+    def kvm_test_age_rmapp(self, head: Leaf | None, slot, gfn, level, pte) -> bool:
+        # v5.12 arch/x86/kvm/mmu/mmu.c kvm_test_age_rmapp: any accessed SPTE on the chain
+        return head is not None and head.young
+
+    # ----- shadow paging's deferred flush ------------------------------------------------
+    def sync_page(self, as_id: int, gfn: int) -> None:
+        # v5.12 arch/x86/kvm/mmu/paging_tmpl.h FNAME(sync_page): an SPTE of an unsync 4K
+        # shadow page is dropped and the flush is deferred by kvm->tlbs_dirty++
+        leaf = self.leaves.get((as_id, gfn, LEVEL_4K))
+        if leaf is None:
+            self.obs.note = "no 4K SPTE to drop"
+            return
+        self.mmu_lock()
+        self.zap_leaf(leaf)
+        self.tlbs_dirty += 1
+        self.mmu_unlock()
+
+    def kvm_arch_flush_shadow_all(self) -> None:
+        # v5.12 arch/x86/kvm/x86.c kvm_arch_flush_shadow_all -> kvm_mmu_zap_all (flushes)
+        self.mmu_lock()
+        for leaf in list(self.leaves.values()):
+            self.zap_leaf(leaf)
+        self.kvm_flush_remote_tlbs()
+        self.mmu_unlock()
+
+
+class X86ShadowV5_12(X86ShadowMmu, KvmMainV5_12):
+    """x86 legacy MMU with the v5.12 hva hooks."""
+
+    def kvm_handle_hva_range(self, start: int, end: int, pte, handler, hook: str) -> bool:
+        # v5.12 arch/x86/kvm/mmu/mmu.c kvm_handle_hva_range: both address spaces, every slot
+        page = 1 << self.page_shift
+        ret = False
+        for as_id in range(self.address_space_num):
+            for slot in self.memslots.in_as(as_id):
+                hva_start = max(start, slot.hva_start)
+                hva_end = min(end, slot.hva_end)
+                if hva_start >= hva_end:
+                    continue
+                gfn_start = slot.hva_to_gfn(hva_start)
+                gfn_end = slot.hva_to_gfn(hva_end + page - 1)
+                ret |= self.walk_rmaps(hook, slot, gfn_start, gfn_end, handler, pte)
+        return ret
+
+    def kvm_unmap_hva_range(self, start: int, end: int, flags: int) -> int:
+        # v5.12 arch/x86/kvm/mmu/mmu.c kvm_unmap_hva_range: flags ignored
+        return int(self.kvm_handle_hva_range(start, end, None, self.kvm_unmap_rmapp, "kvm_unmap_rmapp"))
+
+    def kvm_set_spte_hva(self, hva: int, pte: HostPte) -> int:
+        # v5.12 arch/x86/kvm/mmu/mmu.c kvm_set_spte_hva -> kvm_handle_hva: [hva, hva+1)
+        return int(self.kvm_handle_hva_range(hva, hva + 1, pte, self.kvm_set_pte_rmapp, "kvm_set_pte_rmapp"))
+
+    def kvm_age_hva(self, start: int, end: int) -> int:
+        # v5.12 arch/x86/kvm/mmu/mmu.c kvm_age_hva
+        return int(self.kvm_handle_hva_range(start, end, None, self.kvm_age_rmapp, "kvm_age_rmapp"))
+
+    def kvm_test_age_hva(self, hva: int) -> int:
+        # v5.12 arch/x86/kvm/mmu/mmu.c kvm_test_age_hva -> kvm_handle_hva: [hva, hva+1)
+        return int(self.kvm_handle_hva_range(hva, hva + 1, None, self.kvm_test_age_rmapp, "kvm_test_age_rmapp"))
+
+
+class X86ShadowV5_13(X86ShadowMmu, KvmMainV5_13):
+    """x86 legacy MMU with the v5.13 gfn handlers (3039bcc74498)."""
+
+    def kvm_handle_gfn_range(self, range: KvmGfnRange, handler, hook: str) -> bool:
+        # v5.13 arch/x86/kvm/mmu/mmu.c kvm_handle_gfn_range: rmap walk to range->end - 1
+        return self.walk_rmaps(hook, range.slot, range.start, range.end, handler, range.pte)
+
+    def kvm_unmap_gfn_range(self, range: KvmGfnRange) -> bool:
+        # v5.13 arch/x86/kvm/mmu/mmu.c kvm_unmap_gfn_range
+        return self.kvm_handle_gfn_range(range, self.kvm_unmap_rmapp, "kvm_unmap_rmapp")
+
+    def kvm_set_spte_gfn(self, range: KvmGfnRange) -> bool:
+        # v5.13 arch/x86/kvm/mmu/mmu.c kvm_set_spte_gfn
+        return self.kvm_handle_gfn_range(range, self.kvm_set_pte_rmapp, "kvm_set_pte_rmapp")
+
+    def kvm_age_gfn(self, range: KvmGfnRange) -> bool:
+        # v5.13 arch/x86/kvm/mmu/mmu.c kvm_age_gfn
+        return self.kvm_handle_gfn_range(range, self.kvm_age_rmapp, "kvm_age_rmapp")
+
+    def kvm_test_age_gfn(self, range: KvmGfnRange) -> bool:
+        # v5.13 arch/x86/kvm/mmu/mmu.c kvm_test_age_gfn
+        return self.kvm_handle_gfn_range(range, self.kvm_test_age_rmapp, "kvm_test_age_rmapp")

@@ -1,0 +1,266 @@
+"""Comparison: each side against the reference, and the two sides against each other.
+
+Per event and per side, `check_side` finds what that side did wrong against the reference
+(computed from that side's own state before the event, so a divergence earlier in a trace
+does not smear later checks).  `compare_event` merges the two sides into divergences that
+say which side is wrong: old, new or both.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from fuzz.trace import Event, FaultCommit
+from impls.kvm import State
+from impls.machine import HostPageTable, Leaf, Memslot
+from impls.observation import Observation
+
+from .gfnset import GfnSet
+from .reference import AGE_OPS, UNPAIRED_OPS, WALKING_OPS, Expectation, Segment, leaf_gfns
+
+# Severity order of the design card; the report's vocabulary.
+CLASSES = ["missed-invalidation", "missed-flush", "count-imbalance", "stale-mapping",
+           "wrong-young", "gfn-set-mismatch", "warning", "over-invalidation",
+           "spurious-flush", "lock-without-hit", "model-crash"]
+
+
+@dataclass
+class Finding:
+    """One thing one side did wrong at one event."""
+    cls: str
+    shape: str
+    detail: str
+
+
+@dataclass
+class Divergence:
+    cls: str
+    wrong_side: str          # "old" | "new" | "both"
+    op: str
+    shape: str
+    event_index: int
+    detail: str
+    arch: str = ""
+    old: str = ""
+    new: str = ""
+    known: bool = False
+    explanation: str = ""
+    trace: list = field(default_factory=list)
+
+    @property
+    def signature(self) -> str:
+        return "|".join([self.cls, self.arch, self.old, self.new, self.op, self.wrong_side, self.shape])
+
+
+@dataclass
+class SideResult:
+    """What the runner captured of one side for one event."""
+    pre: State
+    post: State
+    obs: Observation
+    host: HostPageTable
+
+
+# ----- shapes: how a gfn set differs from the reference, in words a KVM developer uses -----
+def gfn_shape(got: GfnSet, want: GfnSet, segments: list[Segment]) -> str:
+    extra, missing = got - want, want - got
+    if not extra and not missing:
+        return "same"
+    if extra and not missing:
+        ends = {(s.as_id, s.end) for s in segments}
+        if all(e - s == 1 and (a, s) in ends for a, s, e in extra.spans()):
+            return "one-gfn-past-end"
+        starts = {(s.as_id, s.start - 1) for s in segments}
+        if all(e - s == 1 and (a, s) in starts for a, s, e in extra.spans()):
+            return "one-gfn-before-start"
+        return "extra-gfns"
+    if missing and not extra:
+        if not got:
+            return "no-gfns"
+        firsts = GfnSet((s.as_id, s.start, s.start + 1) for s in segments)
+        if got == firsts and any(s.end - s.start > 1 for s in segments):
+            return "only-first-gfn"
+        lasts = GfnSet((s.as_id, s.end - 1, s.end) for s in segments)
+        if missing == lasts:
+            return "last-gfn-missing"
+        firsts_missing = GfnSet((s.as_id, s.start, s.start + 1) for s in segments)
+        if missing == firsts_missing:
+            return "first-gfn-missing"
+        if all(a > 0 for a, _, _ in missing.spans()) and any(a == 0 for a, _, _ in got.spans()):
+            return "alias-in-other-address-space-missed"
+        hit_slots = {(s.as_id, s.slot) for s in segments}
+        if len(hit_slots) > 1 and all(not got.intersects(s.as_id, s.start, s.end)
+                                      for s in segments if missing.intersects(s.as_id, s.start, s.end)):
+            return "whole-slot-missed"
+        return "missing-gfns"
+    return "shifted-gfns"
+
+
+def calls_gfns(obs: Observation) -> GfnSet:
+    return GfnSet((c.as_id, c.start, c.end) for c in obs.calls)
+
+
+def stale_leaf(leaf: Leaf, slots: list[Memslot], host: HostPageTable) -> str | None:
+    """Why `leaf` maps something the host does not (None if it agrees with the host)."""
+    slot = next((s for s in slots if s.as_id == leaf.as_id and s.has_gfn(leaf.gfn)), None)
+    if slot is None:
+        return f"as{leaf.as_id} gfn {leaf.gfn:#x} is mapped but in no memslot"
+    for i in range(leaf.pages):
+        gfn = leaf.gfn + i
+        if not slot.has_gfn(gfn):
+            return f"as{leaf.as_id} gfn {gfn:#x} is mapped by a leaf that leaves {slot.describe()}"
+        pte = host.lookup(slot.gfn_to_hva(gfn))
+        if pte is None or pte.pfn != leaf.pfn + i:
+            have = "nothing" if pte is None else f"pfn {pte.pfn:#x}"
+            return (f"as{leaf.as_id} gfn {gfn:#x} maps pfn {leaf.pfn + i:#x} but the host maps "
+                    f"{have} at hva {slot.gfn_to_hva(gfn):#x}")
+    return None
+
+
+def check_side(ev: Event, exp: Expectation | None, side: SideResult) -> list[Finding]:
+    obs, pre, post = side.obs, side.pre, side.post
+    out: list[Finding] = []
+    if obs.crashed:
+        return [Finding("model-crash", "exception", obs.crashed)]
+    for w in obs.warnings:
+        out.append(Finding("warning", w, f"{w} fired during {ev.op}"))
+    if post.mmu_notifier_count < 0:
+        out.append(Finding("count-imbalance", "negative-count",
+                           f"mmu_notifier_count is {post.mmu_notifier_count}"))
+    elif ev.op in ("invalidate_range_start", "invalidate_range_end"):
+        want = pre.mmu_notifier_count + (1 if ev.op == "invalidate_range_start" else -1)
+        if post.mmu_notifier_count != want:
+            out.append(Finding("count-imbalance", "count-not-moved",
+                               f"mmu_notifier_count {pre.mmu_notifier_count} -> {post.mmu_notifier_count}, want {want}"))
+
+    # stale-mapping: a leaf this event installed or changed maps what the host does not
+    for leaf in obs.installed + [after for _, after in obs.changed]:
+        why = stale_leaf(leaf, post.slots, side.host)
+        if why:
+            shape = "fault-installed-stale-pfn" if isinstance(ev, FaultCommit) else f"{ev.op}-left-wrong-pfn"
+            out.append(Finding("stale-mapping", shape, why))
+            break
+
+    if exp is None:
+        return out
+
+    zapped = leaf_gfns(obs.zapped)
+    changed_before = [b for b, _ in obs.changed]
+
+    if ev.op == "invalidate_range_start":
+        still = GfnSet((x.as_id, x.gfn, x.gfn_end) for x in post.leaves.values()) & exp.gfns
+        cached = GfnSet((e.as_id, e.gfn, e.gfn + e.pages) for e in post.tlb) & exp.gfns
+        if still or cached:
+            left = still | cached
+            where = "mapped" if still else "in the TLB"
+            if still and cached:
+                where = "mapped and in the TLB"
+            out.append(Finding("missed-invalidation", gfn_shape(exp.gfns - left, exp.gfns, exp.segments)
+                               if (exp.gfns - left) else "nothing-invalidated",
+                               f"after invalidate_range_start {left.describe()} still {where}"))
+    if ev.op == "change_pte":
+        for x in post.leaves.values():
+            if exp.gfns.intersects(x.as_id, x.gfn, x.gfn_end):
+                pte = side.host.lookup(ev.hva)
+                for seg in exp.segments:
+                    if seg.as_id == x.as_id and x.gfn <= seg.start < x.gfn_end:
+                        if pte is None or x.pfn + (seg.start - x.gfn) != pte.pfn:
+                            out.append(Finding("missed-invalidation", "old-pfn-still-mapped",
+                                               f"after change_pte as{x.as_id} gfn {seg.start:#x} still maps "
+                                               f"pfn {x.pfn + seg.start - x.gfn:#x}"))
+                            break
+
+    # over-invalidation: zaps of leaves that touch no gfn of the range
+    if ev.op in WALKING_OPS:
+        outside = [x for x in obs.zapped if not exp.gfns.intersects(x.as_id, x.gfn, x.gfn_end)]
+        if outside:
+            out.append(Finding("over-invalidation",
+                               gfn_shape(exp.gfns | leaf_gfns(outside), exp.gfns, exp.segments),
+                               f"zapped {leaf_gfns(outside).describe()} outside {exp.gfns.describe()}"))
+
+    # missed-flush: a translation this event removed or changed is still cached after it
+    if ev.op in WALKING_OPS:
+        touched = list(obs.zapped) + changed_before
+        if ev.op == "clear_flush_young":
+            touched += list(obs.aged)
+        stale = [e for e in post.tlb if any(e.as_id == x.as_id and e.gfn == x.gfn and e.pfn == x.pfn
+                                            for x in touched)]
+        if ev.op == "invalidate_range_start":
+            stale = [e for e in stale if not exp.gfns.intersects(e.as_id, e.gfn, e.gfn + e.pages)]
+        if stale:
+            g = GfnSet((e.as_id, e.gfn, e.gfn + e.pages) for e in stale)
+            out.append(Finding("missed-flush", "no-flush-after-" + ("age" if ev.op in AGE_OPS else "zap"),
+                               f"{g.describe()} removed or changed but still in the TLB after {ev.op}"))
+
+    # spurious-flush: a flush with nothing owed
+    flushes = obs.flushes
+    if flushes and ev.op in WALKING_OPS:
+        owed = bool(obs.zapped or obs.changed)
+        if ev.op == "clear_flush_young" and obs.aged:
+            owed = True
+        if ev.op == "invalidate_range_start":
+            owed = owed or any(exp.gfns.intersects(e.as_id, e.gfn, e.gfn + e.pages) for e in pre.tlb
+                               if (e.as_id, e.gfn) not in {(x.as_id, x.gfn) for x in pre.leaves.values()})
+        if not owed:
+            unlocked = any(not f.locked for f in flushes)
+            shape = ("no-slot-hit" if not exp.slot_hit else "nothing-changed") + ("-unlocked" if unlocked else "")
+            out.append(Finding("spurious-flush", shape,
+                               f"{len(flushes)} flush(es) ({', '.join(f.origin for f in flushes)}) "
+                               f"though {ev.op} removed or changed no translation"
+                               + (" and mmu_lock was not held" if unlocked else "")))
+
+    # wrong-young: the answer and the accessed bits against the truth
+    if ev.op in AGE_OPS:
+        if bool(obs.young) != bool(exp.young):
+            out.append(Finding("wrong-young", "false-positive" if obs.young else "false-negative",
+                               f"{ev.op} returned {obs.young}, truth is {int(bool(exp.young))}"))
+        if ev.op != "test_young":
+            not_aged = [x for x in exp.must_age if any(x.key == k and y.young for k, y in post.leaves.items())]
+            if not_aged:
+                out.append(Finding("wrong-young", "young-bit-not-cleared",
+                                   f"{leaf_gfns(not_aged).describe()} still young after {ev.op}"))
+            aged_out = [x for x in obs.aged if not exp.gfns.intersects(x.as_id, x.gfn, x.gfn_end)]
+            if aged_out:
+                out.append(Finding("wrong-young",
+                                   "aged-" + gfn_shape(exp.gfns | leaf_gfns(aged_out), exp.gfns, exp.segments),
+                                   f"aged {leaf_gfns(aged_out).describe()} outside {exp.gfns.describe()}"))
+
+    # gfn-set-mismatch: what the walker handed to arch handlers against the reference
+    if ev.op in WALKING_OPS:
+        got = calls_gfns(obs)
+        if got != exp.gfns:
+            out.append(Finding("gfn-set-mismatch", gfn_shape(got, exp.gfns, exp.segments),
+                               f"handlers got {got.describe()}, reference {exp.gfns.describe()}"))
+
+    # lock-without-hit: decided across sides in compare_event
+    if ev.op in UNPAIRED_OPS and obs.lock_taken and not exp.slot_hit:
+        out.append(Finding("lock-without-hit", "no-slot-hit", f"mmu_lock taken for {ev.op} that hits no memslot"))
+    return out
+
+
+ONE_SIDED_ONLY = {"lock-without-hit"}   # a shared behaviour of both versions is not a divergence here
+
+
+def compare_event(index: int, ev: Event, exp_old: Expectation | None, old: SideResult,
+                  exp_new: Expectation | None, new: SideResult) -> list[Divergence]:
+    f_old = check_side(ev, exp_old, old)
+    f_new = check_side(ev, exp_new, new)
+    out: list[Divergence] = []
+    keys_old = {(f.cls, f.shape): f for f in f_old}
+    keys_new = {(f.cls, f.shape): f for f in f_new}
+    for key in list(dict.fromkeys(list(keys_old) + list(keys_new))):
+        cls, shape = key
+        in_old, in_new = key in keys_old, key in keys_new
+        if in_old and in_new:
+            if cls in ONE_SIDED_ONLY:
+                continue
+            side, f = "both", keys_old[key]
+            detail = f.detail if keys_new[key].detail == f.detail else f"old: {f.detail}; new: {keys_new[key].detail}"
+        elif in_old:
+            side, f = "old", keys_old[key]
+            detail = f.detail
+        else:
+            side, f = "new", keys_new[key]
+            detail = f.detail
+        out.append(Divergence(cls, side, ev.op, shape, index, detail))
+    out.sort(key=lambda d: CLASSES.index(d.cls))
+    return out

@@ -1,0 +1,71 @@
+"""Sets of (address space, gfn) kept as merged half-open intervals, so a 1 GiB mapping costs
+one interval, not 262144 entries."""
+from __future__ import annotations
+
+from typing import Iterable
+
+
+class GfnSet:
+    def __init__(self, spans: Iterable[tuple[int, int, int]] = ()):
+        merged: dict[int, list[list[int]]] = {}
+        for as_id, start, end in sorted(spans):
+            if start >= end:
+                continue
+            runs = merged.setdefault(as_id, [])
+            if runs and start <= runs[-1][1]:
+                runs[-1][1] = max(runs[-1][1], end)
+            else:
+                runs.append([start, end])
+        self._runs = {a: tuple((s, e) for s, e in r) for a, r in merged.items()}
+
+    def spans(self) -> list[tuple[int, int, int]]:
+        return [(a, s, e) for a in sorted(self._runs) for s, e in self._runs[a]]
+
+    def __bool__(self) -> bool:
+        return bool(self._runs)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, GfnSet) and self._runs == other._runs
+
+    def __hash__(self) -> int:
+        return hash(tuple(self.spans()))
+
+    def __len__(self) -> int:
+        return sum(e - s for _, s, e in self.spans())
+
+    def __contains__(self, item: tuple[int, int]) -> bool:
+        as_id, gfn = item
+        return any(s <= gfn < e for s, e in self._runs.get(as_id, ()))
+
+    def intersects(self, as_id: int, start: int, end: int) -> bool:
+        return any(s < end and start < e for s, e in self._runs.get(as_id, ()))
+
+    def __or__(self, other: "GfnSet") -> "GfnSet":
+        return GfnSet(self.spans() + other.spans())
+
+    def __sub__(self, other: "GfnSet") -> "GfnSet":
+        out = []
+        for a, s, e in self.spans():
+            pieces = [(s, e)]
+            for os_, oe in other._runs.get(a, ()):
+                nxt = []
+                for ps, pe in pieces:
+                    if oe <= ps or pe <= os_:
+                        nxt.append((ps, pe))
+                        continue
+                    if ps < os_:
+                        nxt.append((ps, os_))
+                    if oe < pe:
+                        nxt.append((oe, pe))
+                pieces = nxt
+            out += [(a, ps, pe) for ps, pe in pieces]
+        return GfnSet(out)
+
+    def __and__(self, other: "GfnSet") -> "GfnSet":
+        return self - (self - other)
+
+    def __repr__(self) -> str:
+        return "GfnSet(" + ", ".join(f"as{a}:[{s:#x},{e:#x})" for a, s, e in self.spans()) + ")"
+
+    def describe(self) -> str:
+        return ", ".join(f"as{a} gfn [{s:#x},{e:#x})" for a, s, e in self.spans()) or "none"

@@ -1,0 +1,100 @@
+"""The reference oracle: what a correct kernel must do for a notifier event, from the
+definitions alone (no kernel version, no arch walker).
+
+* The gfns of a notifier range are the gfns of every page that intersects the hva range,
+  through every memslot of every address space (hva aliasing included).
+* invalidate_range_start must leave none of them mapped or cached in a TLB.
+* change_pte must leave none of them mapping anything but the new pfn.
+* A flush is owed iff a present translation was removed or changed (for clear_flush_young:
+  an accessed bit was cleared), or a stale TLB entry lies in an invalidated range.
+* young is true iff some mapped gfn in the range was young.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from intervaltree import IntervalTree
+
+from fuzz.trace import (ChangePte, ClearFlushYoung, ClearYoung, Event, InvalidateRangeEnd,
+                        InvalidateRangeStart, TestYoung, notifier_range)
+from impls.kvm import State
+from impls.machine import Leaf
+
+from .gfnset import GfnSet
+
+AGE_OPS = ("clear_flush_young", "clear_young", "test_young")
+WALKING_OPS = ("invalidate_range_start", "change_pte") + AGE_OPS
+UNPAIRED_OPS = ("change_pte",) + AGE_OPS
+
+
+@dataclass(frozen=True)
+class Segment:
+    """The reference gfns of one (address space, slot): [start, end)."""
+    as_id: int
+    slot: int
+    start: int
+    end: int
+
+
+@dataclass
+class Expectation:
+    op: str
+    segments: list[Segment]
+    gfns: GfnSet
+    must_unmap: list[Leaf]          # range_start: every leaf touching the gfns
+    young: bool | None              # age / test_age truth
+    must_age: list[Leaf]            # clear_(flush_)young: young leaves touching the gfns
+
+    @property
+    def slot_hit(self) -> bool:
+        return bool(self.segments)
+
+
+def range_segments(state: State, start: int, end: int) -> list[Segment]:
+    """Per slot, the gfns of the pages intersecting [start, end)."""
+    if start >= end:
+        return []
+    tree = IntervalTree()
+    for slot in state.slots:
+        if slot.npages:
+            tree[slot.hva_start:slot.hva_end] = slot
+    page = 1 << state.page_shift
+    out = []
+    for iv in tree.overlap(start, end):
+        slot = iv.data
+        first = slot.hva_to_gfn(max(start, slot.hva_start))
+        last = slot.hva_to_gfn(min(end, slot.hva_end) - 1)
+        out.append(Segment(slot.as_id, slot.id, first, last + 1))
+    assert all(s.end - s.start >= 1 and (s.end - s.start) * page >= 1 for s in out)
+    return sorted(out, key=lambda s: (s.as_id, s.start))
+
+
+def leaves_touching(state: State, gfns: GfnSet) -> list[Leaf]:
+    return sorted((x for x in state.leaves.values() if gfns.intersects(x.as_id, x.gfn, x.gfn_end)),
+                  key=lambda x: (x.as_id, x.gfn))
+
+
+def expect(ev: Event, pre: State) -> Expectation | None:
+    """The expectation for a notifier event, or None for other events."""
+    rng = notifier_range(ev)
+    if rng is None:
+        return None
+    segments = range_segments(pre, *rng)
+    gfns = GfnSet((s.as_id, s.start, s.end) for s in segments)
+    touching = leaves_touching(pre, gfns)
+    must_unmap: list[Leaf] = []
+    young = None
+    must_age: list[Leaf] = []
+    if isinstance(ev, InvalidateRangeStart):
+        must_unmap = touching
+    elif isinstance(ev, (ClearFlushYoung, ClearYoung, TestYoung)):
+        young = any(x.young for x in touching)
+        if not isinstance(ev, TestYoung):
+            must_age = [x for x in touching if x.young]
+    elif isinstance(ev, (ChangePte, InvalidateRangeEnd)):
+        pass
+    return Expectation(ev.op, segments, gfns, must_unmap, young, must_age)
+
+
+def leaf_gfns(leaves: list[Leaf]) -> GfnSet:
+    return GfnSet((x.as_id, x.gfn, x.gfn_end) for x in leaves)

@@ -1,0 +1,68 @@
+"""Triage: the known-divergence list and deduplication by signature.
+
+The known list is data: oracles/known/<arch>.toml, plus oracles/known/all.toml for entries
+that hold on every architecture.  Each entry names the fields it matches (class, op, old,
+new, wrong_side, shape; any field left out matches anything) and says why the divergence is
+real kernel behaviour, with its source.  Known divergences are still reported, marked known.
+"""
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from .compare import CLASSES, Divergence
+
+KNOWN_DIR = Path(__file__).parent / "known"
+MATCH_FIELDS = ("class", "op", "old", "new", "wrong_side", "shape")
+
+
+class KnownListError(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class KnownEntry:
+    arch: str
+    match: tuple[tuple[str, str], ...]
+    explanation: str
+    source: str
+    where: str
+
+    def matches(self, d: Divergence) -> bool:
+        values = {"class": d.cls, "op": d.op, "old": d.old, "new": d.new,
+                  "wrong_side": d.wrong_side, "shape": d.shape}
+        if self.arch not in ("all", d.arch):
+            return False
+        return all(values[k] == v for k, v in self.match)
+
+
+def load_known(directory: Path = KNOWN_DIR) -> list[KnownEntry]:
+    entries: list[KnownEntry] = []
+    for path in sorted(directory.glob("*.toml")):
+        try:
+            doc = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise KnownListError(f"{path}: not valid TOML: {e}") from None
+        for i, raw in enumerate(doc.get("known", [])):
+            where = f"{path.name} entry {i}"
+            for need in ("explanation", "source", "class"):
+                if not str(raw.get(need, "")).strip():
+                    raise KnownListError(f"{path}: entry {i}: field {need!r} is required")
+            unknown = set(raw) - set(MATCH_FIELDS) - {"explanation", "source"}
+            if unknown:
+                raise KnownListError(f"{path}: entry {i}: unknown field {sorted(unknown)[0]!r}")
+            if raw["class"] not in CLASSES:
+                raise KnownListError(f"{path}: entry {i}: class {raw['class']!r} is not one of {', '.join(CLASSES)}")
+            match = tuple((k, str(raw[k])) for k in MATCH_FIELDS if k in raw)
+            entries.append(KnownEntry(path.stem, match, raw["explanation"].strip(), raw["source"].strip(), where))
+    return entries
+
+
+def mark_known(divergences: list[Divergence], known: list[KnownEntry]) -> None:
+    for d in divergences:
+        for k in known:
+            if k.matches(d):
+                d.known = True
+                d.explanation = f"{k.explanation} (source: {k.source}; {k.where})"
+                break
