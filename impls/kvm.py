@@ -127,10 +127,16 @@ class Kvm:
         leaf.pfn, leaf.writable, leaf.young = pfn, writable, young
         self.obs.changed.append((before, leaf.snapshot()))
 
-    def install_leaf(self, leaf: Leaf) -> None:
+    def install_leaf(self, leaf: Leaf, fill_tlb: bool = True) -> None:
+        """A new present leaf.  A fault's leaf is used at once (fill_tlb); one written by a
+        notifier handler (set_spte creating a mapping) is not cached until the guest uses it."""
+        if leaf.hva < 0:
+            slot = self.memslots.find_gfn(leaf.as_id, leaf.gfn)
+            leaf.hva = slot.gfn_to_hva(leaf.gfn) if slot else -1
         self.leaves[leaf.key] = leaf
         self.obs.installed.append(leaf.snapshot())
-        self.tlb.fill(leaf)
+        if fill_tlb:
+            self.tlb.fill(leaf)
 
     # ----- TLB flushes ----------------------------------------------------------------------
     def kvm_flush_remote_tlbs(self) -> None:

@@ -220,7 +220,9 @@ class HostPageTable:
         if pfn is not None and (hva & mask or size & mask or (pfn << self.page_shift) & mask):
             raise ValueError(f"host mapping [{hva:#x},+{size:#x}) pfn {pfn:#x} not aligned to {page_size:#x}")
         first = hva >> self.page_shift
-        for i in range(size >> self.page_shift):
+        count = size >> self.page_shift
+        self._split_around(first, count, level)
+        for i in range(count):
             if pfn is None:
                 self.ptes.pop(first + i, None)
             else:
@@ -228,7 +230,24 @@ class HostPageTable:
 
     def set_pte(self, hva: int, pfn: int, writable: bool) -> None:
         """set_pte_at for one base page (what change_pte accompanies); a 4K pte."""
+        self._split_around(hva >> self.page_shift, 1, LEVEL_4K)
         self.ptes[hva >> self.page_shift] = HostPte(pfn, writable, LEVEL_4K)
+
+    def _split_around(self, first: int, count: int, new_level: int) -> None:
+        """Changing part of a huge mapping splits it first (split_huge_pmd/pud): the pages
+        of a huge frame left outside the change become 4K ptes with their pfns."""
+        for level in (LEVEL_2M, LEVEL_1G):
+            if level <= new_level:
+                continue
+            n = LEVEL_PAGE_SIZE[level] >> self.page_shift
+            for frame in range(first - first % n, first + count, n):
+                head = self.ptes.get(frame)
+                if head is None or head.level < level:
+                    continue      # huge mappings are frame aligned: the head tells
+                for page in range(frame, frame + n):
+                    pte = self.ptes.get(page)
+                    if pte is not None and pte.level >= level and not first <= page < first + count:
+                        self.ptes[page] = HostPte(pte.pfn, pte.writable, LEVEL_4K)
 
 
 @dataclass
@@ -243,6 +262,7 @@ class Leaf:
     writable: bool = False
     young: bool = True
     dirty: bool = False
+    hva: int = -1          # host address the leaf was installed from (-1: unknown)
 
     @property
     def key(self) -> tuple[int, int, int]:
@@ -258,9 +278,13 @@ class Leaf:
     def intersects(self, as_id: int, start: int, end: int) -> bool:
         return as_id == self.as_id and self.gfn < end and start < self.gfn_end
 
+    def backs(self, start: int, end: int, page_shift: int = PAGE_SHIFT) -> bool:
+        """True if the host range [start, end) intersects the hvas this leaf was made from."""
+        return start < end and self.hva >= 0 and self.hva < end and start < self.hva + (self.pages << page_shift)
+
     def snapshot(self) -> "Leaf":
         return Leaf(self.as_id, self.gfn, self.level, self.pfn, self.pages,
-                    self.writable, self.young, self.dirty)
+                    self.writable, self.young, self.dirty, self.hva)
 
 
 @dataclass(frozen=True)
@@ -271,6 +295,10 @@ class TlbEntry:
     pages: int
     pfn: int
     writable: bool
+    hva: int = -1
+
+    def backs(self, start: int, end: int, page_shift: int = PAGE_SHIFT) -> bool:
+        return start < end and self.hva >= 0 and self.hva < end and start < self.hva + (self.pages << page_shift)
 
     def intersects(self, as_id: int | None, start: int, end: int) -> bool:
         return (as_id is None or as_id == self.as_id) and self.gfn < end and start < self.gfn + self.pages
@@ -283,7 +311,7 @@ class Tlb:
     entries: set[TlbEntry] = field(default_factory=set)
 
     def fill(self, leaf: Leaf) -> None:
-        self.entries.add(TlbEntry(leaf.as_id, leaf.gfn, leaf.pages, leaf.pfn, leaf.writable))
+        self.entries.add(TlbEntry(leaf.as_id, leaf.gfn, leaf.pages, leaf.pfn, leaf.writable, leaf.hva))
 
     def flush_all(self) -> int:
         n = len(self.entries)

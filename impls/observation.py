@@ -92,4 +92,5 @@ class Observation:
 
 def leaf_json(leaf: Leaf) -> dict:
     return {"as_id": leaf.as_id, "gfn": hex(leaf.gfn), "level": leaf.level, "pages": leaf.pages,
-            "pfn": hex(leaf.pfn), "young": leaf.young, "writable": leaf.writable}
+            "pfn": hex(leaf.pfn), "young": leaf.young, "writable": leaf.writable,
+            "hva": hex(leaf.hva) if leaf.hva >= 0 else None}

@@ -11,18 +11,39 @@ import sys
 from pathlib import Path
 
 from .kvm import Kvm
-from .x86_shadow import X86ShadowV5_12, X86ShadowV5_13
 
 ARCHES = ["x86-shadow", "x86-tdp", "arm64", "mips", "ppc-hv-hash", "ppc-hv-radix", "ppc-pr", "e500"]
 VERSIONS = ["v5.12", "v5.13-rc1", "v5.13"]
 DEFAULT_OLD, DEFAULT_NEW = "v5.12", "v5.13"
 
-# (arch, version) -> (class, note).  Where two versions share a class the note says why.
-MODELS: dict[tuple[str, str], tuple[type[Kvm], str]] = {
-    ("x86-shadow", "v5.12"): (X86ShadowV5_12, ""),
-    ("x86-shadow", "v5.13-rc1"): (X86ShadowV5_13, "no x86 legacy-MMU or kvm_main.c notifier change between v5.13-rc1 and v5.13"),
-    ("x86-shadow", "v5.13"): (X86ShadowV5_13, ""),
+# arch -> the module holding its models.  Each module defines
+#   MODELS = {arch: {version: (class, note)}}
+# where the note says why two versions share a class ("" when they do not).
+ARCH_MODULES = {
+    "x86-shadow": "impls.x86_shadow",
+    "x86-tdp": "impls.x86_tdp",
+    "arm64": "impls.arm64",
+    "mips": "impls.mips",
+    "ppc-hv-hash": "impls.ppc_book3s_hv",
+    "ppc-hv-radix": "impls.ppc_book3s_hv",
+    "ppc-pr": "impls.ppc_book3s_pr",
+    "e500": "impls.ppc_e500",
 }
+
+
+def _arch_models(arch: str) -> dict[str, tuple[type[Kvm], str]]:
+    try:
+        module = importlib.import_module(ARCH_MODULES[arch])
+    except ModuleNotFoundError as e:
+        if e.name == ARCH_MODULES[arch]:
+            return {}
+        raise
+    return module.MODELS.get(arch, {})
+
+
+def models() -> dict[tuple[str, str], tuple[type[Kvm], str]]:
+    """(arch, version) -> (class, note) for every implemented model."""
+    return {(a, v): m for a in ARCHES for v, m in _arch_models(a).items()}
 
 
 class ModelLoadError(Exception):
@@ -30,11 +51,12 @@ class ModelLoadError(Exception):
 
 
 def implemented_arches() -> list[str]:
-    return [a for a in ARCHES if any((a, v) in MODELS for v in VERSIONS)]
+    return [a for a in ARCHES if _arch_models(a)]
 
 
 def versions_for(arch: str) -> list[str]:
-    return [v for v in VERSIONS if (arch, v) in MODELS]
+    have = _arch_models(arch)
+    return [v for v in VERSIONS if v in have]
 
 
 def check_arch(arch: str) -> str:
@@ -50,9 +72,10 @@ def resolve(arch: str, spec: str) -> type[Kvm]:
     if ":" in spec:
         return load_candidate(spec)
     check_arch(arch)
-    if (arch, spec) not in MODELS:
+    have = _arch_models(arch)
+    if spec not in have:
         raise ModelLoadError(f"no model of {arch} at {spec!r}; versions: {', '.join(versions_for(arch))}")
-    return MODELS[(arch, spec)][0]
+    return have[spec][0]
 
 
 def load_candidate(spec: str) -> type[Kvm]:

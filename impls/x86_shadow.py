@@ -196,3 +196,10 @@ class X86ShadowV5_13(X86ShadowMmu, KvmMainV5_13):
     def kvm_test_age_gfn(self, range: KvmGfnRange) -> bool:
         # v5.13 arch/x86/kvm/mmu/mmu.c kvm_test_age_gfn
         return self.kvm_handle_gfn_range(range, self.kvm_test_age_rmapp, "kvm_test_age_rmapp")
+
+
+MODELS = {"x86-shadow": {
+    "v5.12": (X86ShadowV5_12, ""),
+    "v5.13-rc1": (X86ShadowV5_13, "no x86 legacy-MMU or kvm_main.c notifier change between v5.13-rc1 and v5.13"),
+    "v5.13": (X86ShadowV5_13, ""),
+}}

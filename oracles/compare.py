@@ -149,6 +149,14 @@ def check_side(ev: Event, exp: Expectation | None, side: SideResult) -> list[Fin
     if ev.op == "invalidate_range_start":
         still = GfnSet((x.as_id, x.gfn, x.gfn_end) for x in post.leaves.values()) & exp.gfns
         cached = GfnSet((e.as_id, e.gfn, e.gfn + e.pages) for e in post.tlb) & exp.gfns
+        orphans = [x for x in list(post.leaves.values()) + list(post.tlb)
+                   if x.backs(ev.start, ev.end, post.page_shift)
+                   and not exp.gfns.intersects(x.as_id, x.gfn, x.gfn + x.pages)]
+        if orphans:
+            g = GfnSet((x.as_id, x.gfn, x.gfn + x.pages) for x in orphans)
+            out.append(Finding("missed-invalidation", "mapping-outside-memslots",
+                               f"after invalidate_range_start {g.describe()}, made from hvas in the range "
+                               f"but in no memslot that covers them now, still mapped or in the TLB"))
         if still or cached:
             left = still | cached
             where = "mapped" if still else "in the TLB"

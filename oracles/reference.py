@@ -3,7 +3,8 @@ definitions alone (no kernel version, no arch walker).
 
 * The gfns of a notifier range are the gfns of every page that intersects the hva range,
   through every memslot of every address space (hva aliasing included).
-* invalidate_range_start must leave none of them mapped or cached in a TLB.
+* invalidate_range_start must leave none of them mapped or cached in a TLB, and no
+  translation made from a host page in the range either (even one no memslot reaches).
 * change_pte must leave none of them mapping anything but the new pfn.
 * A flush is owed iff a present translation was removed or changed (for clear_flush_young:
   an accessed bit was cleared), or a stale TLB entry lies in an invalidated range.
@@ -86,7 +87,10 @@ def expect(ev: Event, pre: State) -> Expectation | None:
     young = None
     must_age: list[Leaf] = []
     if isinstance(ev, InvalidateRangeStart):
-        must_unmap = touching
+        # also leaves made from these hvas that no memslot reaches any more (a slot deleted
+        # or moved on an arch whose kvm_arch_flush_shadow_memslot does nothing)
+        must_unmap = touching + [x for x in pre.leaves.values()
+                                 if x not in touching and x.backs(ev.start, ev.end, pre.page_shift)]
     elif isinstance(ev, (ClearFlushYoung, ClearYoung, TestYoung)):
         young = any(x.young for x in touching)
         if not isinstance(ev, TestYoung):

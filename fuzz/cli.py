@@ -1,0 +1,181 @@
+"""memslot-fuzz command line.
+
+    memslot-fuzz list
+    memslot-fuzz run --arch NAME|all --old V --new V --max-time S --seed N --report FILE.json
+    memslot-fuzz replay PATH...
+    memslot-fuzz show TRACE.json --arch NAME --old V --new V
+
+Exit codes: 0 nothing outside the known list (or replay matched), 1 a new divergence (or a
+replay mismatch), 2 usage or input error (one line on stderr, no traceback).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from impls import registry
+from impls.registry import ModelLoadError
+from oracles.triage import KnownListError, load_known
+
+from . import corpus, report
+from .engine import Job, console_progress, run_job
+from .generate import GenConfig
+from .runner import CandidateError, Side, check_well_formed, run_trace
+from .trace import TraceError
+from .trace import load as load_trace
+
+
+class UsageError(Exception):
+    pass
+
+
+def _side(arch: str, spec: str) -> Side:
+    return Side(spec, registry.resolve(arch, spec))
+
+
+def cmd_list(args) -> int:
+    print("architectures and versions (old -> new defaults: "
+          f"{registry.DEFAULT_OLD} -> {registry.DEFAULT_NEW}):")
+    all_models = registry.models()
+    for arch in registry.ARCHES:
+        vs = registry.versions_for(arch)
+        if not vs:
+            print(f"  {arch:13s} (no model yet)")
+            continue
+        parts = []
+        for v in vs:
+            cls, note = all_models[(arch, v)]
+            parts.append(f"{v} ({cls.__name__}{'; ' + note if note else ''})")
+        print(f"  {arch:13s} " + "\n                ".join(parts))
+    return 0
+
+
+def cmd_run(args) -> int:
+    arches = registry.implemented_arches() if args.arch == "all" else [registry.check_arch(args.arch)]
+    known = load_known()
+    jobs = []
+    seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 32)
+    per_arch = args.max_time / len(arches)
+    for i, arch in enumerate(arches):
+        old, new = _side(arch, args.old), _side(arch, args.new)
+        for s in (old, new):
+            s.make()      # a candidate whose constructor raises is an input error
+        probe = old.cls
+        gen = GenConfig(address_space_num=probe.address_space_num, max_events=args.max_events,
+                        aligned_only=args.aligned_only, x86_shadow_paging=arch.startswith("x86"))
+        jobs.append(Job(arch, old, new, per_arch, seed + i, Path(args.out), gen,
+                        minimize_seconds=args.minimize_seconds))
+    print(f"memslot-fuzz: {', '.join(arches)}: {args.old} vs {args.new}, {args.max_time:g}s, "
+          f"seed {seed}, saving to {args.out}/", file=sys.stderr)
+    results = []
+    started = time.monotonic()
+    seen: set[str] = set()
+    for job in jobs:
+        res = run_job(job, known, None if args.quiet else console_progress, seen)
+        results.append(res)
+        if res.interrupted:
+            print("memslot-fuzz: interrupted; what was found is saved", file=sys.stderr)
+            break
+    doc = report.build(results, seed, time.monotonic() - started)
+    if args.report:
+        write_atomic(Path(args.report), json.dumps(doc, indent=2) + "\n")
+    report.print_summary(doc, sys.stdout)
+    return 1 if doc["totals"]["new_divergences"] else 0
+
+
+def write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def cmd_replay(args) -> int:
+    known = load_known()
+    paths = corpus.entries_under([Path(p) for p in args.paths])
+    if not paths:
+        raise UsageError("replay: no corpus entries under " + " ".join(args.paths))
+    bad = 0
+    for path in paths:
+        entry = corpus.load(path)
+        check_well_formed(entry.events, str(path))
+        got = run_trace(entry.events, entry.arch, _side(entry.arch, entry.old),
+                        _side(entry.arch, entry.new), known).divergences
+        shown = sorted(d.signature for d in got)
+        if shown == sorted(entry.expect):
+            print(f"ok   {path} ({len(shown)} divergence{'s' if len(shown) != 1 else ''})")
+        else:
+            bad += 1
+            missing = sorted(set(entry.expect) - set(shown))
+            extra = sorted(set(shown) - set(entry.expect))
+            print(f"FAIL {path}: " + "; ".join(
+                [f"no longer shows {m}" for m in missing] + [f"now also shows {x}" for x in extra]))
+    print(f"replay: {len(paths) - bad} passed, {bad} failed")
+    return 1 if bad else 0
+
+
+def cmd_show(args) -> int:
+    path = Path(args.trace)
+    try:
+        entry = corpus.load(path)
+        events, arch, old, new = entry.events, entry.arch, entry.old, entry.new
+    except TraceError:
+        events = load_trace(path)       # a plain trace: raises its own one-line error
+        arch, old, new = "x86-shadow", registry.DEFAULT_OLD, registry.DEFAULT_NEW
+    arch, old, new = args.arch or arch, args.old or old, args.new or new
+    check_well_formed(events, str(path))
+    res = run_trace(events, arch, _side(arch, old), _side(arch, new), load_known(), keep_observations=True)
+    report.print_timeline(events, res, arch, old, new, sys.stdout)
+    return 1 if any(not d.known for d in res.divergences) else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="memslot-fuzz", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("list", help="architectures and versions")
+    r = sub.add_parser("run", help="fuzz old against new")
+    r.add_argument("--arch", default="all", help="architecture name, or all (default)")
+    r.add_argument("--old", default=registry.DEFAULT_OLD, help="version or candidate file.py:Class / module:Class")
+    r.add_argument("--new", default=registry.DEFAULT_NEW, help="version or candidate file.py:Class / module:Class")
+    r.add_argument("--max-time", type=float, default=60.0, help="seconds in all (split over arches)")
+    r.add_argument("--seed", type=int, default=None, help="random seed (default: random, printed)")
+    r.add_argument("--report", default=None, help="write the JSON report here")
+    r.add_argument("--out", default="memslot-fuzz-out", help="directory for minimized divergences")
+    r.add_argument("--max-events", type=int, default=40, help="longest generated trace")
+    r.add_argument("--aligned-only", action="store_true", help="page-aligned notifier ranges only")
+    r.add_argument("--minimize-seconds", type=float, default=10.0, help="time limit per minimization")
+    r.add_argument("--quiet", action="store_true", help="no progress lines")
+    rp = sub.add_parser("replay", help="replay corpus entries; fail if one shows something else")
+    rp.add_argument("paths", nargs="+")
+    s = sub.add_parser("show", help="a trace as a timeline of both sides against the reference")
+    s.add_argument("trace")
+    s.add_argument("--arch", default=None, help="default: the entry's, or x86-shadow for a plain trace")
+    s.add_argument("--old", default=None)
+    s.add_argument("--new", default=None)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.cmd == "run" and args.max_time <= 0:
+            raise UsageError("--max-time must be positive")
+        return {"list": cmd_list, "run": cmd_run, "replay": cmd_replay, "show": cmd_show}[args.cmd](args)
+    except (ModelLoadError, CandidateError, TraceError, KnownListError, UsageError) as e:
+        print(f"memslot-fuzz: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("memslot-fuzz: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

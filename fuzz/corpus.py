@@ -1,0 +1,105 @@
+"""Corpus entries: a minimized trace plus what it must show when replayed.
+
+    {"schema": "memslot-fuzz-trace/1", "arch": "x86-shadow", "old": "v5.12", "new": "v5.13",
+     "expect": ["class|arch|old|new|op|wrong_side|shape", ...],   # [] = must show nothing
+     "note": "why this entry exists",
+     "events": [...]}
+
+Files are named by a hash of their content and written atomically (temporary file, then
+rename), so parallel workers that find the same divergence leave one file and never a
+partial one.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from .trace import SCHEMA, Event, TraceError, event_to_json, trace_from_json
+
+
+@dataclass
+class CorpusEntry:
+    arch: str
+    old: str
+    new: str
+    expect: list[str]
+    events: list[Event]
+    note: str = ""
+    path: Path | None = None
+
+    def to_json(self) -> dict:
+        return {"schema": SCHEMA, "arch": self.arch, "old": self.old, "new": self.new,
+                "expect": sorted(self.expect), "note": self.note,
+                "events": [event_to_json(e) for e in self.events]}
+
+    def dumps(self) -> str:
+        d = self.to_json()
+        events = ",\n    ".join(json.dumps(e) for e in d.pop("events"))
+        head = json.dumps(d, indent=2)[:-2]
+        return head + ',\n  "events": [\n    ' + events + "\n  ]\n}\n"
+
+    def content_hash(self) -> str:
+        d = self.to_json()
+        d.pop("note")
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def save(entry: CorpusEntry, directory: Path) -> Path:
+    """Write the entry atomically under directory/<arch>/<hash>.json; an identical entry
+    already there is left alone.  Returns its path."""
+    target_dir = Path(directory) / entry.arch
+    target_dir.mkdir(parents=True, exist_ok=True)
+    path = target_dir / f"{entry.content_hash()}.json"
+    if path.exists():
+        return path
+    fd, tmp = tempfile.mkstemp(dir=target_dir, prefix=".tmp-", suffix=".json")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(entry.dumps())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load(path: Path) -> CorpusEntry:
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except OSError as e:
+        raise TraceError(f"{path}: cannot read: {e.strerror}") from None
+    except json.JSONDecodeError as e:
+        raise TraceError(f"{path}: not JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    if not isinstance(doc, dict):
+        raise TraceError(f"{path}: a corpus entry is a JSON object")
+    for name in ("arch", "old", "new"):
+        if not isinstance(doc.get(name), str) or not doc[name]:
+            raise TraceError(f"{path}: field {name}: missing or not a string")
+    expect = doc.get("expect")
+    if not isinstance(expect, list) or not all(isinstance(x, str) and x.count("|") == 6 for x in expect):
+        raise TraceError(f"{path}: field expect: expected a list of divergence signatures "
+                         "(class|arch|old|new|op|wrong_side|shape)")
+    events = trace_from_json(doc, str(path))
+    return CorpusEntry(doc["arch"], doc["old"], doc["new"], list(expect), events,
+                       str(doc.get("note", "")), path)
+
+
+def entries_under(paths: list[Path]) -> list[Path]:
+    out: list[Path] = []
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            out += sorted(x for x in p.rglob("*.json") if not x.name.startswith("."))
+        elif p.exists():
+            out.append(p)
+        else:
+            raise TraceError(f"{p}: no such file or directory")
+    return out

@@ -1,0 +1,335 @@
+"""Trace generation that knows the domain.
+
+Uniform integers almost never land on a memslot edge, so every address is drawn relative to
+something that matters: a slot's first or last page, one page or one byte either side, a
+huge-page boundary.  Layouts favour what breaks walkers: hva aliasing (within and across
+address spaces), GPA-adjacent and hva-adjacent slots, 2 MiB aligned regions backed by huge
+pages, empty and 1-byte notifier ranges.
+
+The generator is written once against `Source`, a tiny interface for choices, so the same
+code serves the seeded random engine (RandomSource), the hypothesis strategy
+(`traces()`), and byte-driven engines.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+
+from .trace import (ChangePte, ClearFlushYoung, ClearYoung, Event, FaultBegin, FaultCommit,
+                    GuestAccess, HostMap, InvalidateRangeEnd, InvalidateRangeStart, Release,
+                    SetMemoryRegion, SyncPage, TestYoung)
+
+P = 4096
+HUGE = 2 << 20
+HVA_BASE = 0x7f0000000000           # 1 GiB aligned
+REGION_STRIDE = 16 << 20            # regions never touch each other unless a slot is placed so
+GPA_HUGE = HUGE // P                # 512 gfns
+
+
+class Source:
+    """Where choices come from."""
+
+    def int(self, lo: int, hi: int) -> int:        # inclusive
+        raise NotImplementedError
+
+    def bool(self, p: float = 0.5) -> bool:
+        return self.int(0, 999) < int(p * 1000)
+
+    def choice(self, options: list):
+        return options[self.int(0, len(options) - 1)]
+
+    def weighted(self, table: list[tuple[int, object]]):
+        total = sum(w for w, _ in table)
+        x = self.int(0, total - 1)
+        for w, v in table:
+            if x < w:
+                return v
+            x -= w
+        return table[-1][1]
+
+
+class RandomSource(Source):
+    def __init__(self, rng: random.Random):
+        self.rng = rng
+
+    def int(self, lo: int, hi: int) -> int:
+        return self.rng.randint(lo, hi)
+
+
+class HypothesisSource(Source):
+    def __init__(self, draw):
+        from hypothesis import strategies as st
+        self.draw, self.st = draw, st
+
+    def int(self, lo: int, hi: int) -> int:
+        return self.draw(self.st.integers(lo, hi))
+
+
+@dataclass
+class Region:
+    """A host mapping: [hva, hva+size) backed by 4K or 2M pages."""
+    hva: int
+    size: int
+    page_size: int
+    pfn: int
+
+
+@dataclass
+class SlotPlan:
+    as_id: int
+    id: int
+    base_gfn: int
+    npages: int
+    hva: int
+
+    @property
+    def hva_end(self) -> int:
+        return self.hva + self.npages * P
+
+
+@dataclass
+class GenConfig:
+    address_space_num: int = 2
+    max_events: int = 40
+    aligned_only: bool = False          # notifier ranges page aligned, as the kernel's mm sends
+    x86_shadow_paging: bool = True      # emit sync_page (tlbs_dirty) events
+
+
+@dataclass
+class _Gen:
+    src: Source
+    cfg: GenConfig
+    events: list[Event] = field(default_factory=list)
+    regions: list[Region] = field(default_factory=list)
+    slots: dict[tuple[int, int], SlotPlan] = field(default_factory=dict)
+    next_pfn: int = 0x10000
+    next_fault: int = 0
+    open_ranges: list[tuple[int, int]] = field(default_factory=list)
+    open_faults: list[int] = field(default_factory=list)
+
+    # ----- layout -------------------------------------------------------------------------
+    def region(self) -> Region:
+        huge = self.src.bool(0.4)
+        size = self.src.choice([HUGE, 2 * HUGE]) if huge else self.src.choice([HUGE, 64 * P])
+        hva = HVA_BASE + len(self.regions) * REGION_STRIDE
+        pfn = (self.next_pfn + GPA_HUGE - 1) // GPA_HUGE * GPA_HUGE
+        self.next_pfn = pfn + size // P + GPA_HUGE
+        r = Region(hva, size, HUGE if huge else P, pfn)
+        self.regions.append(r)
+        self.events.append(HostMap(hva, size, pfn, r.page_size, True))
+        return r
+
+    def slot_hva(self, npages: int) -> int:
+        """An hva for a new slot: fresh, aliasing an existing slot, or hva-adjacent to one."""
+        kinds = [(4, "fresh")]
+        if self.slots:
+            kinds += [(4, "alias"), (2, "adjacent"), (1, "overlap")]
+        kind = self.src.weighted(kinds)
+        if kind == "fresh" or not self.slots:
+            r = self.src.choice(self.regions) if self.regions and self.src.bool(0.5) else self.region()
+            max_off = max(0, r.size // P - npages)
+            off = self.src.choice([0, 0, max_off, self.src.int(0, max_off)])
+            return r.hva + off * P
+        other = self.src.choice(list(self.slots.values()))
+        if kind == "alias":
+            return other.hva
+        if kind == "adjacent":
+            return other.hva_end if self.src.bool() else max(P, other.hva - npages * P)
+        return other.hva + self.src.int(0, max(0, other.npages - 1)) * P
+
+    def slot_gfn(self, as_id: int, npages: int) -> int:
+        """A base gfn: fresh, GPA-adjacent to a slot, or the same gfn as a slot of the other AS."""
+        mine = [s for s in self.slots.values() if s.as_id == as_id]
+        others = [s for s in self.slots.values() if s.as_id != as_id]
+        kinds = [(3, "fresh")]
+        if mine:
+            kinds += [(3, "after"), (2, "before")]
+        if others:
+            kinds += [(3, "smm-alias")]
+        kind = self.src.weighted(kinds)
+        if kind == "after":
+            prev = self.src.choice(mine)
+            return prev.base_gfn + prev.npages
+        if kind == "before":
+            return max(0, self.src.choice(mine).base_gfn - npages)
+        if kind == "smm-alias":
+            return self.src.choice(others).base_gfn
+        return self.src.choice([0x100, 0x200, 0x400, 0x1000, 0x1200]) + self.src.choice([0, 0, 1, 3])
+
+    def create_slot(self) -> None:
+        as_id = self.src.int(0, self.cfg.address_space_num - 1) if self.src.bool(0.35) else 0
+        sid = self.src.int(0, 3)
+        if (as_id, sid) in self.slots:
+            sid = max(s for a, s in self.slots if a == as_id) + 1
+        npages = self.src.weighted([(6, self.src.int(1, 8)), (2, GPA_HUGE), (1, GPA_HUGE + self.src.int(1, 4))])
+        hva = self.slot_hva(npages)
+        gfn = self.slot_gfn(as_id, npages)
+        if npages >= GPA_HUGE and self.src.bool(0.6):
+            # line up gfn and hva inside 2M frames so huge mappings can arise
+            gfn = gfn - gfn % GPA_HUGE + (hva // P) % GPA_HUGE
+        self.events.append(SetMemoryRegion(as_id, sid, 0, gfn * P, npages * P, hva))
+        self.slots[(as_id, sid)] = SlotPlan(as_id, sid, gfn, npages, hva)
+
+    def update_slot(self) -> None:
+        if not self.slots:
+            return self.create_slot()
+        s = self.src.choice(list(self.slots.values()))
+        kind = self.src.choice(["delete", "move", "flags", "bad"])
+        if kind == "delete":
+            self.events.append(SetMemoryRegion(s.as_id, s.id, 0, s.base_gfn * P, 0, s.hva))
+            del self.slots[(s.as_id, s.id)]
+        elif kind == "move":
+            gfn = self.slot_gfn(s.as_id, s.npages)
+            self.events.append(SetMemoryRegion(s.as_id, s.id, 0, gfn * P, s.npages * P, s.hva))
+            s.base_gfn = gfn    # if KVM refuses it (EEXIST), later picks are merely less useful
+        elif kind == "flags":
+            self.events.append(SetMemoryRegion(s.as_id, s.id, 1, s.base_gfn * P, s.npages * P, s.hva))
+        else:
+            bad = self.src.choice(["unaligned", "resize", "rehva"])
+            size = s.npages * P + (1 if bad == "unaligned" else P if bad == "resize" else 0)
+            hva = s.hva + (P if bad == "rehva" else 0)
+            self.events.append(SetMemoryRegion(s.as_id, s.id, 0, s.base_gfn * P, size, hva))
+
+    # ----- addresses ----------------------------------------------------------------------
+    def nudge(self) -> int:
+        if self.cfg.aligned_only:
+            return self.src.weighted([(6, 0), (2, P), (2, -P), (1, HUGE)])
+        return self.src.weighted([(6, 0), (2, P), (2, -P), (2, 1), (2, -1), (1, P // 2), (1, HUGE)])
+
+    def edge(self) -> int:
+        """An interesting hva: a slot's edge, a page inside it, or a region edge."""
+        if self.slots and self.src.bool(0.85):
+            s = self.src.choice(list(self.slots.values()))
+            where = self.src.choice(["start", "end", "inside", "last"])
+            base = {"start": s.hva, "end": s.hva_end, "last": s.hva_end - P,
+                    "inside": s.hva + self.src.int(0, s.npages - 1) * P}[where]
+        elif self.regions:
+            r = self.src.choice(self.regions)
+            base = self.src.choice([r.hva, r.hva + r.size, r.hva + self.src.int(0, r.size // P) * P])
+        else:
+            base = HVA_BASE
+        return max(0, base + self.nudge())
+
+    def hva_range(self) -> tuple[int, int]:
+        start = self.edge()
+        shape = self.src.weighted([(4, "to-edge"), (3, "pages"), (1, "empty"), (1, "one-byte"), (1, "huge")])
+        if shape == "to-edge":
+            end = self.edge()
+        elif shape == "pages":
+            end = start + self.src.int(1, 4) * P
+        elif shape == "empty":
+            end = start
+        elif shape == "one-byte":
+            end = start + 1
+        else:
+            start = start - start % HUGE
+            end = start + HUGE
+        if self.cfg.aligned_only:
+            start, end = start - start % P, end + (-end) % P
+        return min(start, end), max(start, end)
+
+    def gfn_target(self) -> tuple[int, int]:
+        if not self.slots:
+            return 0, 0x100
+        s = self.src.choice(list(self.slots.values()))
+        off = self.src.choice([0, s.npages - 1, self.src.int(0, s.npages - 1)])
+        return s.as_id, s.base_gfn + off
+
+    # ----- events ---------------------------------------------------------------------------
+    def step(self) -> None:
+        kinds = [(22, "fault"), (4, "fault-begin"), (8, "access"), (16, "invalidate"),
+                 (5, "cow"), (10, "age"), (4, "slot"), (3, "host-remap")]
+        if self.open_ranges:
+            kinds.append((10, "end"))
+        if self.open_faults:
+            kinds.append((8, "commit"))
+        if self.cfg.x86_shadow_paging:
+            kinds.append((3, "sync"))
+        kind = self.src.weighted(kinds)
+        if kind in ("fault", "fault-begin"):
+            as_id, gfn = self.gfn_target()
+            n = self.next_fault
+            self.next_fault += 1
+            self.events.append(FaultBegin(n, as_id, gfn, self.src.bool(0.4)))
+            if kind == "fault":
+                self.events.append(FaultCommit(n))
+            else:
+                self.open_faults.append(n)
+        elif kind == "commit":
+            n = self.open_faults.pop(self.src.int(0, len(self.open_faults) - 1))
+            self.events.append(FaultCommit(n))
+        elif kind == "access":
+            as_id, gfn = self.gfn_target()
+            self.events.append(GuestAccess(as_id, gfn, self.src.bool(0.3)))
+        elif kind == "invalidate":
+            start, end = self.hva_range()
+            self.events.append(InvalidateRangeStart(start, end, self.src.bool(0.8)))
+            self.open_ranges.append((start, end))
+        elif kind == "end":
+            start, end = self.open_ranges.pop(self.src.int(0, len(self.open_ranges) - 1))
+            self.events.append(InvalidateRangeEnd(start, end, True))
+        elif kind == "cow":
+            # what wp_page_copy / KSM do: start, set_pte_at_notify, end; or change_pte bare
+            hva = self.edge()
+            hva_page = hva - hva % P
+            pfn = self.next_pfn
+            self.next_pfn += 1
+            wrapped = self.src.bool(0.7)
+            if wrapped:
+                self.events.append(InvalidateRangeStart(hva_page, hva_page + P, True))
+            self.events.append(ChangePte(hva if not self.cfg.aligned_only else hva_page, pfn,
+                                         self.src.bool(0.3)))
+            if wrapped:
+                self.events.append(InvalidateRangeEnd(hva_page, hva_page + P, True))
+        elif kind == "age":
+            op = self.src.choice(["clear_flush_young", "clear_young", "test_young"])
+            if op == "test_young":
+                self.events.append(TestYoung(self.edge() if not self.cfg.aligned_only else self.hva_range()[0]))
+            else:
+                start, end = self.hva_range()
+                self.events.append((ClearFlushYoung if op == "clear_flush_young" else ClearYoung)(start, end))
+        elif kind == "slot":
+            self.update_slot() if self.src.bool(0.6) else self.create_slot()
+        elif kind == "host-remap":
+            # the mm replaces part of a region: notifier start, new pages, notifier end
+            if not self.regions:
+                return
+            r = self.src.choice(self.regions)
+            npages = 1 if r.page_size == P else r.page_size // P
+            first = self.src.int(0, r.size // (npages * P) - 1) * npages
+            hva = r.hva + first * P
+            pfn = self.next_pfn + (-self.next_pfn) % npages
+            self.next_pfn = pfn + npages
+            self.events.append(InvalidateRangeStart(hva, hva + npages * P, True))
+            self.events.append(HostMap(hva, npages * P, pfn, r.page_size, True))
+            self.events.append(InvalidateRangeEnd(hva, hva + npages * P, True))
+        elif kind == "sync":
+            as_id, gfn = self.gfn_target()
+            self.events.append(SyncPage(as_id, gfn))
+
+    def build(self) -> list[Event]:
+        for _ in range(self.src.int(1, 3)):
+            self.create_slot()
+        budget = self.src.int(3, self.cfg.max_events)
+        while len(self.events) < budget:
+            self.step()
+        while self.open_ranges:
+            start, end = self.open_ranges.pop()
+            self.events.append(InvalidateRangeEnd(start, end, True))
+        if self.src.bool(0.05):
+            self.events.append(Release())
+        return self.events
+
+
+def generate(src: Source, cfg: GenConfig | None = None) -> list[Event]:
+    return _Gen(src, cfg or GenConfig()).build()
+
+
+def traces(cfg: GenConfig | None = None):
+    """A hypothesis strategy for traces (same generator as the random engine)."""
+    from hypothesis import strategies as st
+
+    @st.composite
+    def _traces(draw):
+        return generate(HypothesisSource(draw), cfg)
+    return _traces()

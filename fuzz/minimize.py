@@ -1,0 +1,113 @@
+"""Trace-level minimization: delta debugging over events, then over numbers, keeping the
+same divergence signature.  Paired events (invalidate start/end, fault begin/commit) are
+removed together, and every candidate must stay well formed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Callable
+
+from .runner import check_well_formed
+from .trace import (ClearFlushYoung, ClearYoung, Event, FaultBegin, FaultCommit,
+                    InvalidateRangeEnd, InvalidateRangeStart, TraceError)
+
+P = 4096
+
+
+def _well_formed(events: list[Event]) -> bool:
+    try:
+        check_well_formed(events)
+    except TraceError:
+        return False
+    return True
+
+
+def _partner(events: list[Event], i: int) -> int | None:
+    """Index of the event paired with events[i], if any."""
+    ev = events[i]
+    if isinstance(ev, InvalidateRangeStart):
+        for j in range(i + 1, len(events)):
+            e = events[j]
+            if isinstance(e, InvalidateRangeEnd) and (e.start, e.end) == (ev.start, ev.end):
+                return j
+    if isinstance(ev, FaultBegin):
+        for j in range(i + 1, len(events)):
+            if isinstance(events[j], FaultCommit) and events[j].fault == ev.fault:
+                return j
+    return None
+
+
+def _simpler_values(ev: Event) -> list[Event]:
+    """Candidate simplifications of one event's numbers, simplest first."""
+    out = []
+    if isinstance(ev, (InvalidateRangeStart, InvalidateRangeEnd, ClearFlushYoung, ClearYoung)):
+        s, e = ev.start, ev.end
+        cands = [(s, s + 1), (s - s % P, s - s % P + P), (s - s % P, e + (-e) % P),
+                 (s, e - P), (s + P, e)]
+        for ns, ne in cands:
+            # strictly smaller (length, start): no cycles
+            if 0 <= ns <= ne and (ne - ns, ns) < (e - s, s):
+                out.append(dataclasses.replace(ev, start=ns, end=ne))
+    for f in dataclasses.fields(ev):
+        v = getattr(ev, f.name)
+        if isinstance(v, bool) and f.name in ("write", "writable") and v:
+            out.append(dataclasses.replace(ev, **{f.name: False}))
+        if f.name == "blockable" and not v:
+            out.append(dataclasses.replace(ev, blockable=True))
+    return out
+
+
+def minimize(events: list[Event], fails: Callable[[list[Event]], bool],
+             max_seconds: float = 20.0) -> list[Event]:
+    """Smallest trace we can find (within max_seconds) for which `fails` still holds."""
+    deadline = time.monotonic() + max_seconds
+    best = list(events)
+
+    def attempt(cand: list[Event]) -> bool:
+        nonlocal best
+        if len(cand) > len(best) or not _well_formed(cand):
+            return False
+        if fails(cand):
+            best = cand
+            return True
+        return False
+
+    # 1. ddmin-style chunk removal
+    chunk = max(1, len(best) // 2)
+    while chunk >= 1 and time.monotonic() < deadline:
+        progressed = False
+        i = 0
+        while i < len(best) and time.monotonic() < deadline:
+            if attempt(best[:i] + best[i + chunk:]):
+                progressed = True
+            else:
+                i += chunk
+        if not progressed:
+            chunk //= 2
+    # 2. pairs: remove a start with its end, a fault begin with its commit
+    changed = True
+    while changed and time.monotonic() < deadline:
+        changed = False
+        for i in range(len(best)):
+            j = _partner(best, i)
+            if j is not None and attempt([e for k, e in enumerate(best) if k not in (i, j)]):
+                changed = True
+                break
+    # 3. simpler numbers and flags, event by event (paired ends follow their starts)
+    changed = True
+    while changed and time.monotonic() < deadline:
+        changed = False
+        for i, ev in enumerate(best):
+            for simpler in _simpler_values(ev):
+                cand = list(best)
+                cand[i] = simpler
+                j = _partner(best, i)
+                if j is not None and isinstance(ev, InvalidateRangeStart):
+                    cand[j] = dataclasses.replace(best[j], start=simpler.start, end=simpler.end)
+                if not isinstance(ev, InvalidateRangeEnd) and attempt(cand):
+                    changed = True
+                    break
+            if changed:
+                break
+    return best
