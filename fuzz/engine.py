@@ -51,10 +51,12 @@ def reproduce(events: list[Event], job: Job, known: list[KnownEntry], signature:
     return None
 
 
-def minimized(events: list[Event], job: Job, known: list[KnownEntry], d: Divergence) -> Divergence:
+def minimized(events: list[Event], job: Job, known: list[KnownEntry], d: Divergence,
+              seconds: float | None = None) -> Divergence:
     """Minimize the trace of `d` and return the divergence as the minimized trace shows it."""
     sig = d.signature
-    small = minimize(events, lambda c: reproduce(c, job, known, sig) is not None, job.minimize_seconds)
+    small = minimize(events, lambda c: reproduce(c, job, known, sig) is not None,
+                     job.minimize_seconds if seconds is None else seconds)
     out = reproduce(small, job, known, sig) or d
     out.trace = small
     return out
@@ -89,7 +91,9 @@ def run_job(job: Job, known: list[KnownEntry], progress: Progress | None = None,
                 if d.signature in seen:
                     continue
                 seen.add(d.signature)
-                d = minimized(events[:d.event_index + 1], job, known, d)
+                # minimization may run past max_time by a little, never by much
+                budget = max(2.0, min(job.minimize_seconds, job.max_time - (time.monotonic() - start)))
+                d = minimized(events[:d.event_index + 1], job, known, d, budget)
                 res.saved[d.signature] = save_divergence(d, job, known)
                 res.divergences.append(d)
                 if progress:

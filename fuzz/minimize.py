@@ -86,28 +86,27 @@ def minimize(events: list[Event], fails: Callable[[list[Event]], bool],
         if not progressed:
             chunk //= 2
     # 2. pairs: remove a start with its end, a fault begin with its commit
+    i = 0
+    while i < len(best) and time.monotonic() < deadline:
+        j = _partner(best, i)
+        if j is None or not attempt([e for k, e in enumerate(best) if k not in (i, j)]):
+            i += 1
+    # 3. simpler numbers and flags, event by event (paired ends follow their starts);
+    # passes repeat while they make progress, each pass resumes where it succeeded
     changed = True
     while changed and time.monotonic() < deadline:
         changed = False
         for i in range(len(best)):
-            j = _partner(best, i)
-            if j is not None and attempt([e for k, e in enumerate(best) if k not in (i, j)]):
-                changed = True
-                break
-    # 3. simpler numbers and flags, event by event (paired ends follow their starts)
-    changed = True
-    while changed and time.monotonic() < deadline:
-        changed = False
-        for i, ev in enumerate(best):
+            ev = best[i]
+            if isinstance(ev, InvalidateRangeEnd):
+                continue
             for simpler in _simpler_values(ev):
                 cand = list(best)
                 cand[i] = simpler
                 j = _partner(best, i)
                 if j is not None and isinstance(ev, InvalidateRangeStart):
                     cand[j] = dataclasses.replace(best[j], start=simpler.start, end=simpler.end)
-                if not isinstance(ev, InvalidateRangeEnd) and attempt(cand):
+                if attempt(cand):
                     changed = True
                     break
-            if changed:
-                break
     return best

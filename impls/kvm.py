@@ -271,8 +271,11 @@ class Kvm:
             self.zap_leaf(old)
             self.flush_tlb_range(f.as_id, old.gfn, old.gfn_end, "fault: replace smaller mapping")
         writable = f.pte.writable and not (f.slot.flags & KVM_MEM_READONLY)
+        # the leaf's host address comes from the faulting hva: a huge leaf may start before
+        # its slot on an arch that does not check the slot bounds (Book3S HV radix)
         self.install_leaf(Leaf(f.as_id, base, level, f.pte.pfn - (f.gfn - base), n,
-                               writable=writable, young=True, dirty=f.write and writable))
+                               writable=writable, young=True, dirty=f.write and writable,
+                               hva=f.hva - ((f.gfn - base) << self.page_shift)))
 
     # ----- guest accesses -----------------------------------------------------------------
     def guest_access(self, as_id: int, gfn: int, write: bool) -> None:

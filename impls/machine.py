@@ -222,11 +222,12 @@ class HostPageTable:
         first = hva >> self.page_shift
         count = size >> self.page_shift
         self._split_around(first, count, level)
-        for i in range(count):
-            if pfn is None:
-                self.ptes.pop(first + i, None)
-            else:
-                self.ptes[first + i] = HostPte(pfn + i, writable, level)
+        if pfn is None:
+            for page in range(first, first + count):
+                self.ptes.pop(page, None)
+        else:
+            self.ptes.update(zip(range(first, first + count),
+                                 (HostPte(pfn + i, writable, level) for i in range(count))))
 
     def set_pte(self, hva: int, pfn: int, writable: bool) -> None:
         """set_pte_at for one base page (what change_pte accompanies); a 4K pte."""

@@ -14,7 +14,7 @@ The TDP MMU is off (tdp_mmu module parameter, default false in v5.12): see x86_t
 """
 from __future__ import annotations
 
-from .kvm import Kvm, PendingFault
+from .kvm import Kvm
 from .kvm_main_v5_12 import KvmMainV5_12
 from .kvm_main_v5_13 import KvmGfnRange, KvmMainV5_13
 from .machine import LEVEL_1G, LEVEL_4K, HostPte, Leaf, Memslot

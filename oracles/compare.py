@@ -143,7 +143,6 @@ def check_side(ev: Event, exp: Expectation | None, side: SideResult) -> list[Fin
     if exp is None:
         return out
 
-    zapped = leaf_gfns(obs.zapped)
     changed_before = [b for b, _ in obs.changed]
 
     if ev.op == "invalidate_range_start":

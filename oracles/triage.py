@@ -2,8 +2,9 @@
 
 The known list is data: oracles/known/<arch>.toml, plus oracles/known/all.toml for entries
 that hold on every architecture.  Each entry names the fields it matches (class, op, old,
-new, wrong_side, shape; any field left out matches anything) and says why the divergence is
-real kernel behaviour, with its source.  Known divergences are still reported, marked known.
+new, wrong_side, shape; a field left out matches anything, a list matches any of its
+values) and says why the divergence is real kernel behaviour, with its source.  Known
+divergences are still reported, marked known.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ class KnownListError(Exception):
 @dataclass(frozen=True)
 class KnownEntry:
     arch: str
-    match: tuple[tuple[str, str], ...]
+    match: tuple[tuple[str, frozenset[str]], ...]
     explanation: str
     source: str
     where: str
@@ -34,7 +35,7 @@ class KnownEntry:
                   "wrong_side": d.wrong_side, "shape": d.shape}
         if self.arch not in ("all", d.arch):
             return False
-        return all(values[k] == v for k, v in self.match)
+        return all(values[k] in v for k, v in self.match)
 
 
 def load_known(directory: Path = KNOWN_DIR) -> list[KnownEntry]:
@@ -52,10 +53,19 @@ def load_known(directory: Path = KNOWN_DIR) -> list[KnownEntry]:
             unknown = set(raw) - set(MATCH_FIELDS) - {"explanation", "source"}
             if unknown:
                 raise KnownListError(f"{path}: entry {i}: unknown field {sorted(unknown)[0]!r}")
-            if raw["class"] not in CLASSES:
-                raise KnownListError(f"{path}: entry {i}: class {raw['class']!r} is not one of {', '.join(CLASSES)}")
-            match = tuple((k, str(raw[k])) for k in MATCH_FIELDS if k in raw)
-            entries.append(KnownEntry(path.stem, match, raw["explanation"].strip(), raw["source"].strip(), where))
+            for c in raw["class"] if isinstance(raw["class"], list) else [raw["class"]]:
+                if c not in CLASSES:
+                    raise KnownListError(f"{path}: entry {i}: class {c!r} is not one of {', '.join(CLASSES)}")
+            match = []
+            for k in MATCH_FIELDS:
+                if k in raw:
+                    v = raw[k]
+                    vals = v if isinstance(v, list) else [v]
+                    if not vals or not all(isinstance(x, str) and x for x in vals):
+                        raise KnownListError(f"{path}: entry {i}: field {k!r} must be a string or a list of strings")
+                    match.append((k, frozenset(vals)))
+            entries.append(KnownEntry(path.stem, tuple(match), raw["explanation"].strip(),
+                                      raw["source"].strip(), where))
     return entries
 
 

@@ -1,0 +1,512 @@
+"""x86, TDP MMU (module parameter tdp_mmu=1): arch/x86/kvm/mmu/tdp_mmu.c and mmu.c, v5.12 and v5.13.
+
+Every guest mapping lives in a TDP MMU paging structure hanging off a root.  A root belongs to
+one address space (as_id 1 is SMM).  The legacy rmap pass of x86_shadow.py still runs first in
+every notifier hook, but its rmaps are empty: the TDP MMU maps everything, so every rmap head
+it visits is empty (we reuse that walk and its recorded calls unchanged).
+
+What we model
+* Pages are 4 KiB (page_shift 12); TDP paging has 4 levels; levels 1-3 can be leaves (4K, 2M,
+  1G), levels 2-4 can point to a child table.  Each root keeps the set of its present non-leaf
+  SPTEs (`tables`); leaves are the shared `Kvm.leaves`.  Empty tables are NOT freed when their
+  leaves go (as in the kernel); they go only when the SPTE that points at them is zeroed.
+* Roots: one per address space, created at the first fault_begin in that address space (a
+  vCPU running in that mode has loaded it), newest at the head of the root list.  A memslot
+  delete/move zaps every root whole (kvm_mmu_zap_all_fast); the emptied roots stay listed
+  (v5.13: marked invalid) until a vCPU of that address space reloads, i.e. the next
+  fault_begin there, which frees them and builds a new root.
+* zap_gfn_range: a present leaf that touches [start, end) is zeroed whole (a partly covered
+  huge leaf included); a present non-leaf SPTE is zeroed only when its span lies fully inside
+  [start, end), which frees the child table and everything below it: each freed table costs one
+  TLB flush in handle_removed_tdp_mmu_page (kvm_flush_remote_tlbs_with_address, a full flush
+  without Hyper-V), even when the table held no leaf any more.
+* Yields (v5.13 notifier zap with may_block; every zap that passes can_yield): need_resched()
+  is not deterministic, so we fix one rule: the zap yields just before zeroing an SPTE when at
+  least one SPTE was already zeroed by this zap_gfn_range call since it started or last
+  yielded.  That satisfies the kernel's forward-progress test and is the most yields the walk
+  can show; each yield first flushes if a flush is pending (the zap's own `flush` argument),
+  then drops and retakes mmu_lock.  Because the notifier wrappers OR the zap's result into the
+  incoming flush (`flush |=`), a flush done at a yield is still reported upward; that redundant
+  final flush (fixed in v5.16) needs an incoming flush of true, i.e. a second root of the same
+  address space or a non-empty rmap pass, neither of which this model has.
+* Aging assumes A/D bits enabled: v5.12 age_gfn_range also clears the Dirty bit, v5.13 does not.
+* change_pte: only 4K present leaves are touched (a huge leaf is left alone).  The second write
+  of the read-only case still reports the original SPTE as "old", so a pfn change makes
+  __handle_changed_spte BUG() (a host crash): recorded as a warning, then the model goes on.
+
+Not modelled: the NX-hugepage workaround (disallowed_hugepage_adjust; we assume it is off, so a
+huge fault over an existing table replaces the table), A/D-disabled access tracking, MMIO SPTEs,
+5-level paging, Hyper-V ranged flushes (off, as in x86_shadow), more than one root per address
+space (roots split only by role bits other than SMM), parallel faults under the read lock, and
+the RCU-deferred freeing of tables.
+"""
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+
+from .kvm import PendingFault
+from .kvm_main_v5_13 import KvmGfnRange
+from .machine import KVM_MEM_READONLY, LEVEL_1G, LEVEL_4K, HostPte, Leaf, pages_per_level
+from .x86_shadow import X86ShadowMmu, X86ShadowV5_12, X86ShadowV5_13
+
+ROOT_LEVEL = 4                    # PT64_ROOT_4LEVEL: a 4-level EPT/NPT root
+MAX_GFN = 1 << (52 - 12)          # 1 << (shadow_phys_bits - PAGE_SHIFT) on a 52-bit host: whole root
+
+
+@dataclass
+class Root:
+    """One TDP MMU root: its address space (role.smm), role.invalid (v5.13 fast zap), whether
+    its vCPU still has to reload (KVM_REQ_MMU_RELOAD pending), and its present non-leaf SPTEs
+    as (level of the SPTE, first gfn it spans)."""
+    id: int
+    as_id: int
+    invalid: bool = False
+    stale: bool = False
+    tables: set[tuple[int, int]] = field(default_factory=set)
+
+
+class X86TdpMmu(X86ShadowMmu):
+    """What both versions share: roots, the TDP paging structure, zap/age/set-spte bodies."""
+    arch = "x86-tdp"
+
+    def __init__(self) -> None:
+        # v5.12 arch/x86/kvm/mmu/tdp_mmu.c kvm_mmu_init_tdp_mmu: empty root list, TDP MMU on
+        super().__init__()
+        self.roots: list[Root] = []          # kvm->arch.tdp_mmu_roots, head first
+        self._next_root_id = 0
+
+    # ----- sizes -----------------------------------------------------------------------------
+    def span(self, level: int) -> int:
+        """KVM_PAGES_PER_HPAGE for levels 1-4."""
+        # v5.12 arch/x86/include/asm/kvm_host.h KVM_PAGES_PER_HPAGE
+        return 1 << (9 * (level - 1))
+
+    # ----- the legacy rmap pass: always runs, finds every head empty --------------------------
+    def rmap_head(self, slot, level, index):
+        # v5.12 arch/x86/kvm/mmu/mmu.c __gfn_to_rmap: with the TDP MMU on, no SPTE is ever
+        # chained on a legacy rmap, so each head the walk visits is empty
+        return None
+
+    def sync_page(self, as_id: int, gfn: int) -> None:
+        # v5.12 arch/x86/kvm/mmu/paging_tmpl.h FNAME(sync_page): shadow paging only; the TDP MMU
+        # has no unsync pages, so tlbs_dirty never moves
+        self.obs.note = "not modelled on this arch"
+
+    # ----- flushes -----------------------------------------------------------------------------
+    def remote_flush(self, origin: str) -> None:
+        # v5.12 virt/kvm/kvm_main.c kvm_flush_remote_tlbs, labelled with the TDP caller
+        dirty_count = self.tlbs_dirty
+        self.flush_tlb_all(origin)
+        if self.tlbs_dirty == dirty_count:
+            self.tlbs_dirty = 0
+
+    def flush_with_address(self, gfn: int, pages: int, origin: str) -> None:
+        # v5.12 arch/x86/kvm/mmu/mmu.c kvm_flush_remote_tlbs_with_address: a ranged flush only
+        # with Hyper-V's hook, otherwise a full kvm_flush_remote_tlbs
+        if self.hyperv_range_flush:
+            self.flush_tlb_range(None, gfn, gfn + pages, origin)
+        else:
+            self.remote_flush(origin)
+
+    # ----- roots -------------------------------------------------------------------------------
+    def roots_of(self, as_id: int) -> list[Root]:
+        # v5.13 arch/x86/kvm/mmu/tdp_mmu.c for_each_tdp_mmu_root: list order, as_id filter only
+        return [r for r in self.roots if r.as_id == as_id]
+
+    def get_vcpu_root(self, as_id: int) -> Root:
+        # v5.12 arch/x86/kvm/mmu/tdp_mmu.c get_tdp_mmu_vcpu_root: reuse a valid root of the same
+        # role, else allocate one and put it at the head of the list.  A reload first drops the
+        # vCPU's stale root, which frees it (kvm_tdp_mmu_free_root; it is already empty)
+        for r in [r for r in self.roots if r.as_id == as_id and r.stale]:
+            self.free_root(r)
+        for r in self.roots:
+            if r.as_id == as_id and not r.invalid:
+                return r
+        root = Root(self._next_root_id, as_id)
+        self._next_root_id += 1
+        self.roots.insert(0, root)
+        return root
+
+    def free_root(self, root: Root) -> None:
+        # v5.12 arch/x86/kvm/mmu/tdp_mmu.c kvm_tdp_mmu_free_root: unlink, zap whole, no flush
+        self.roots.remove(root)
+        for level, gfn in sorted(root.tables, key=lambda t: (-t[0], t[1])):
+            if (level, gfn) in root.tables:
+                self.handle_removed_table(root, level, gfn)
+
+    # ----- the paging structure ----------------------------------------------------------------
+    def spte_kind(self, root: Root, level: int, gfn: int) -> str | None:
+        """'leaf', 'table' or None (not present) for the SPTE of `level` at aligned `gfn`."""
+        # v5.12 arch/x86/kvm/mmu/spte.h is_shadow_present_pte / is_last_spte
+        if level <= LEVEL_1G and (root.as_id, gfn, level) in self.leaves:
+            return "leaf"
+        if (level, gfn) in root.tables:
+            return "table"
+        return None
+
+    def present_at(self, root: Root, level: int) -> list[int]:
+        """Sorted gfns of the present SPTEs of one level."""
+        # v5.12 arch/x86/kvm/mmu/tdp_iter.c tdp_iter_refresh_sptep (the SPTEs the iterator reads)
+        out = {g for lv, g in root.tables if lv == level}
+        if level <= LEVEL_1G:
+            out |= {k[1] for k in self.leaves if k[0] == root.as_id and k[2] == level}
+        return sorted(out)
+
+    def walk_ptes(self, root: Root, start: int, end: int):
+        """Yield (level, gfn) of the present SPTEs the TDP iterator visits over [start, end), in
+        pre-order; after each yield the caller may have zeroed the SPTE, and the walk descends
+        only into what is still a present table.
+
+        v5.12 arch/x86/kvm/mmu/tdp_iter.c tdp_iter_start / tdp_iter_next: the first SPTE of each
+        level is the one containing start; the walk goes on while the SPTE's aligned gfn < end.
+        Non-present SPTEs are skipped here: every handler we model does nothing on them."""
+        # v5.12 arch/x86/kvm/mmu/tdp_iter.h for_each_tdp_pte
+        if start >= end:
+            return
+        index = {lv: self.present_at(root, lv) for lv in range(ROOT_LEVEL, 0, -1)}
+
+        def level_walk(level: int, lo: int, hi: int):
+            n = self.span(level)
+            first = max(lo, start - start % n)
+            gfns = index[level]
+            i = bisect.bisect_left(gfns, first)
+            while i < len(gfns) and gfns[i] < min(hi, end):
+                g = gfns[i]
+                i += 1
+                if self.spte_kind(root, level, g) is None:
+                    continue
+                yield level, g
+                if level > LEVEL_4K and self.spte_kind(root, level, g) == "table":
+                    yield from level_walk(level - 1, g, g + n)
+
+        yield from level_walk(ROOT_LEVEL, 0, self.span(ROOT_LEVEL + 1))
+
+    def handle_removed_table(self, root: Root, level: int, gfn: int, shared: bool = False) -> None:
+        # v5.12 arch/x86/kvm/mmu/tdp_mmu.c handle_removed_tdp_mmu_page: the table under the
+        # level-`level` SPTE at gfn is unlinked; each present child goes through the change
+        # bookkeeping (child tables recursively), then one flush "with address" for the table
+        root.tables.discard((level, gfn))
+        child = level - 1
+        n = self.span(child)
+        for g in [x for x in self.present_at(root, child) if gfn <= x < gfn + self.span(level)]:
+            kind = self.spte_kind(root, child, g)
+            if kind == "leaf":
+                self.zap_leaf(self.leaves[(root.as_id, g, child)])
+            elif kind == "table":
+                self.handle_removed_table(root, child, g, shared)
+        # the kernel passes the gfn of the last child slot, not the table base (shifted range)
+        last = gfn + self.span(level) - n
+        self.flush_with_address(last, self.span(level), "handle_removed_tdp_mmu_page")
+
+    def zero_spte(self, root: Root, level: int, gfn: int, shared: bool = False) -> None:
+        # v5.12 arch/x86/kvm/mmu/tdp_mmu.c tdp_mmu_set_spte(iter, 0) -> __handle_changed_spte;
+        # shared (v5.13 read-lock zap): tdp_mmu_zap_spte_atomic, which also flushes the SPTE's range
+        if self.spte_kind(root, level, gfn) == "leaf":
+            self.zap_leaf(self.leaves[(root.as_id, gfn, level)])
+        else:
+            self.handle_removed_table(root, level, gfn, shared)
+        if shared:
+            self.flush_with_address(gfn, self.span(level), "tdp_mmu_zap_spte_atomic")
+
+    def iter_cond_resched(self, flush: bool) -> None:
+        # v5.12 arch/x86/kvm/mmu/tdp_mmu.c tdp_mmu_iter_cond_resched: flush what is pending,
+        # drop and retake mmu_lock, restart the walk from the root (our rule decides when)
+        if flush:
+            self.remote_flush("tdp_mmu_iter_cond_resched")
+        self.mmu_unlock()
+        self.mmu_lock()
+
+    def zap_gfn_range(self, root: Root, start: int, end: int, can_yield: bool, flush: bool,
+                      shared: bool = False) -> bool:
+        # v5.12 arch/x86/kvm/mmu/tdp_mmu.c zap_gfn_range (v5.13 adds `shared`): zero present
+        # leaves touching [start, end) and non-leaves wholly inside it; yield per the rule above
+        zeroed_since_yield = 0
+        for level, gfn in self.walk_ptes(root, start, end):
+            kind = self.spte_kind(root, level, gfn)
+            if kind == "table" and (gfn < start or gfn + self.span(level) > end):
+                continue        # sticks out of the range: zap below it instead
+            if can_yield and zeroed_since_yield:
+                self.iter_cond_resched(flush)
+                flush = False
+                zeroed_since_yield = 0
+            self.zero_spte(root, level, gfn, shared)
+            zeroed_since_yield += 1
+            if not shared:
+                flush = True
+        return flush
+
+    def present_leaves(self, root: Root, start: int, end: int) -> list[Leaf]:
+        # v5.12 arch/x86/kvm/mmu/tdp_mmu.c tdp_root_for_each_leaf_pte: present leaves only
+        return [self.leaves[(root.as_id, g, lv)] for lv, g in self.walk_ptes(root, start, end)
+                if self.spte_kind(root, lv, g) == "leaf"]
+
+    def age_one(self, leaf: Leaf) -> None:
+        # v5.13 arch/x86/kvm/mmu/tdp_mmu.c age_gfn_range: clear Accessed (A/D bits on)
+        self.age_leaf(leaf)
+
+    def set_4k_spte(self, root: Root, leaf: Leaf, pte: HostPte, intermediate_flush: bool) -> None:
+        # v5.12 arch/x86/kvm/mmu/tdp_mmu.c set_tdp_spte body / v5.13 set_spte_gfn: zero the 4K
+        # SPTE; then, for a read-only host pte, write one with the new pfn (read-only,
+        # access-tracked).  The second write still passes the original SPTE as old_spte.
+        old_pfn = leaf.pfn
+        if pte.writable:
+            self.zap_leaf(leaf)
+        if intermediate_flush:
+            self.flush_with_address(leaf.gfn, 1, "set_tdp_spte")
+        if not pte.writable:
+            if old_pfn != pte.pfn:
+                self.warn("BUG() in __handle_changed_spte: present leaf SPTE replaced by a present "
+                          "leaf with a different pfn")
+            self.change_leaf(leaf, pte.pfn, writable=False, young=False)
+
+    # ----- fault path --------------------------------------------------------------------------
+    def fault_begin(self, fault: int, as_id: int, gfn: int, write: bool) -> None:
+        # v5.12 arch/x86/kvm/mmu/mmu.c kvm_mmu_load -> kvm_tdp_mmu_get_vcpu_root_hpa: the
+        # faulting vCPU runs on a root of its address space
+        if 0 <= as_id < self.address_space_num and fault not in self.faults:
+            self.get_vcpu_root(as_id)
+        super().fault_begin(fault, as_id, gfn, write)
+
+    def map_fault(self, f: PendingFault) -> None:
+        # v5.12 arch/x86/kvm/mmu/tdp_mmu.c kvm_tdp_mmu_map: build missing tables down to the
+        # target level (kvm_mmu_hugepage_adjust, same rules as legacy), replace a huge leaf above
+        # it, and install the leaf over whatever is at the target level (a table there is freed)
+        root = self.get_vcpu_root(f.as_id)
+        level = self.fault_level(f)
+        for lv in range(ROOT_LEVEL, level, -1):
+            g = f.gfn - f.gfn % self.span(lv)
+            if self.spte_kind(root, lv, g) == "leaf":
+                # tdp_mmu_zap_spte_atomic: freeze, flush its range, then zero
+                self.zap_leaf(self.leaves[(root.as_id, g, lv)])
+                self.flush_with_address(g, self.span(lv), "tdp_mmu_zap_spte_atomic")
+            if self.spte_kind(root, lv, g) is None:
+                root.tables.add((lv, g))
+        n = pages_per_level(level, self.page_shift)
+        base = f.gfn - f.gfn % n
+        if self.spte_kind(root, level, base) == "table":
+            self.handle_removed_table(root, level, base, shared=True)
+        writable = f.pte.writable and not (f.slot.flags & KVM_MEM_READONLY)
+        self.install_leaf(Leaf(f.as_id, base, level, f.pte.pfn - (f.gfn - base), n,
+                               writable=writable, young=True, dirty=f.write and writable))
+
+    def snapshot(self):
+        # model bookkeeping only (no kernel counterpart): the roots, for reports
+        s = super().snapshot()
+        s.extra["tdp_roots"] = [(r.id, r.as_id, r.invalid, r.stale, len(r.tables)) for r in self.roots]
+        return s
+
+    # ----- release: kvm_mmu_zap_all -------------------------------------------------------------
+    def kvm_arch_flush_shadow_all(self) -> None:
+        # v5.12 arch/x86/kvm/x86.c kvm_arch_flush_shadow_all -> mmu.c kvm_mmu_zap_all: the
+        # legacy list is empty (commit of an empty list: no flush), then kvm_tdp_mmu_zap_all
+        self.mmu_lock()
+        self.kvm_tdp_mmu_zap_all()
+        self.mmu_unlock()
+
+    def kvm_tdp_mmu_zap_all(self) -> None:
+        # v5.12 / v5.13 arch/x86/kvm/mmu/tdp_mmu.c kvm_tdp_mmu_zap_all: per version, below
+        raise NotImplementedError
+
+
+class X86TdpV5_12(X86TdpMmu, X86ShadowV5_12):
+    """x86 TDP MMU with the v5.12 hva hooks: root-major walk, as_id from each root."""
+
+    def kvm_tdp_mmu_handle_hva_range(self, start: int, end: int, handler, hook: str, data=None) -> int:
+        # v5.12 arch/x86/kvm/mmu/tdp_mmu.c kvm_tdp_mmu_handle_hva_range: every listed root, the
+        # memslots of that root's address space, clamped, gfn end rounded up; results ORed
+        page = 1 << self.page_shift
+        ret = 0
+        for root in list(self.roots):
+            for slot in self.memslots.in_as(root.as_id):
+                hva_start = max(start, slot.hva_start)
+                hva_end = min(end, slot.hva_end)
+                if hva_start >= hva_end:
+                    continue
+                gfn_start = slot.hva_to_gfn(hva_start)
+                gfn_end = slot.hva_to_gfn(hva_end + page - 1)
+                ret |= handler(slot, root, gfn_start, gfn_end, data, hook)
+        return ret
+
+    def zap_gfn_range_hva_wrapper(self, slot, root, start, end, data, hook) -> int:
+        # v5.12 arch/x86/kvm/mmu/tdp_mmu.c zap_gfn_range_hva_wrapper: never yields, flush=false
+        self.record_call(hook, slot, start, end, f"root{root.id}")
+        return int(self.zap_gfn_range(root, start, end, False, False))
+
+    def age_gfn_range(self, slot, root, start, end, data, hook) -> int:
+        # v5.12 arch/x86/kvm/mmu/tdp_mmu.c age_gfn_range: accessed present leaves lose A and
+        # also their Dirty bit; no flush
+        self.record_call(hook, slot, start, end, f"root{root.id}")
+        young = 0
+        for leaf in self.present_leaves(root, start, end):
+            if not leaf.young:
+                continue
+            self.age_one(leaf)
+            leaf.dirty = False
+            young = 1
+        return young
+
+    def test_age_gfn(self, slot, root, gfn, unused, data, hook) -> int:
+        # v5.12 arch/x86/kvm/mmu/tdp_mmu.c test_age_gfn: only [gfn, gfn+1), first accessed leaf
+        self.record_call(hook, slot, gfn, gfn + 1, f"root{root.id}")
+        return int(any(x.young for x in self.present_leaves(root, gfn, gfn + 1)))
+
+    def set_tdp_spte(self, slot, root, gfn, unused, pte: HostPte, hook) -> int:
+        # v5.12 arch/x86/kvm/mmu/tdp_mmu.c set_tdp_spte: only [gfn, gfn+1); only a present 4K
+        # SPTE is changed, with a flush right after zeroing it and another after the loop;
+        # returns 0 whatever it did
+        self.record_call(hook, slot, gfn, gfn + 1, f"root{root.id}")
+        if pte.level != LEVEL_4K:
+            self.warn("WARN_ON(pte_huge(*ptep)) in set_tdp_spte")
+        need_flush = False
+        leaf = self.leaves.get((root.as_id, gfn, LEVEL_4K))
+        if leaf is not None:
+            self.set_4k_spte(root, leaf, pte, intermediate_flush=True)
+            need_flush = True
+        if need_flush:
+            self.flush_with_address(gfn, 1, "set_tdp_spte")
+        return 0
+
+    def kvm_unmap_hva_range(self, start: int, end: int, flags: int) -> int:
+        # v5.12 arch/x86/kvm/mmu/mmu.c kvm_unmap_hva_range: rmap pass, then OR the TDP zap
+        r = super().kvm_unmap_hva_range(start, end, flags)
+        r |= self.kvm_tdp_mmu_handle_hva_range(start, end, self.zap_gfn_range_hva_wrapper,
+                                               "zap_gfn_range")
+        return r
+
+    def kvm_set_spte_hva(self, hva: int, pte: HostPte) -> int:
+        # v5.12 arch/x86/kvm/mmu/mmu.c kvm_set_spte_hva: rmap pass, then OR the TDP result (0)
+        r = super().kvm_set_spte_hva(hva, pte)
+        r |= self.kvm_tdp_mmu_handle_hva_range(hva, hva + 1, self.set_tdp_spte, "set_tdp_spte", pte)
+        return r
+
+    def kvm_age_hva(self, start: int, end: int) -> int:
+        # v5.12 arch/x86/kvm/mmu/mmu.c kvm_age_hva: rmap pass, then OR kvm_tdp_mmu_age_hva_range
+        young = super().kvm_age_hva(start, end)
+        young |= self.kvm_tdp_mmu_handle_hva_range(start, end, self.age_gfn_range, "age_gfn_range")
+        return young
+
+    def kvm_test_age_hva(self, hva: int) -> int:
+        # v5.12 arch/x86/kvm/mmu/mmu.c kvm_test_age_hva: rmap pass, then OR kvm_tdp_mmu_test_age_hva
+        young = super().kvm_test_age_hva(hva)
+        young |= self.kvm_tdp_mmu_handle_hva_range(hva, hva + 1, self.test_age_gfn, "test_age_gfn")
+        return young
+
+    def kvm_tdp_mmu_zap_all(self) -> None:
+        # v5.12 arch/x86/kvm/mmu/tdp_mmu.c kvm_tdp_mmu_zap_all -> __kvm_tdp_mmu_zap_gfn_range:
+        # every root in list order, may yield, flush = (not |=) the last result, then one flush
+        flush = False
+        for root in list(self.roots):
+            flush = self.zap_gfn_range(root, 0, MAX_GFN, True, flush)
+        if flush:
+            self.remote_flush("kvm_tdp_mmu_zap_all")
+
+    def kvm_arch_flush_shadow_memslot(self, slot) -> None:
+        # v5.12 arch/x86/kvm/mmu/mmu.c kvm_mmu_invalidate_zap_pages_in_memslot ->
+        # kvm_mmu_zap_all_fast: reload every vCPU, zap obsolete legacy pages (none), then zap
+        # every TDP root whole, whatever slot went away
+        for root in self.roots:
+            root.stale = True
+        self.kvm_tdp_mmu_zap_all()
+
+
+class X86TdpV5_13(X86TdpMmu, X86ShadowV5_13):
+    """x86 TDP MMU with the v5.13 gfn handlers (3039bcc74498, e1eed5847b09)."""
+
+    def kvm_tdp_mmu_unmap_gfn_range(self, range: KvmGfnRange, flush: bool) -> bool:
+        # v5.13 arch/x86/kvm/mmu/tdp_mmu.c kvm_tdp_mmu_unmap_gfn_range: the roots of the slot's
+        # as_id (invalid ones too, no reference), can_yield = may_block, flush |= result
+        for root in self.roots_of(range.slot.as_id):
+            self.record_call("zap_gfn_range", range.slot, range.start, range.end,
+                             f"root{root.id}" + (" invalid" if root.invalid else ""))
+            flush |= self.zap_gfn_range(root, range.start, range.end, range.may_block, flush, False)
+        return flush
+
+    def kvm_tdp_mmu_handle_gfn(self, range: KvmGfnRange, handler, hook: str) -> bool:
+        # v5.13 arch/x86/kvm/mmu/tdp_mmu.c kvm_tdp_mmu_handle_gfn: present leaves of [start, end)
+        # in every root of the slot's as_id; results ORed; never yields
+        ret = False
+        for root in self.roots_of(range.slot.as_id):
+            self.record_call(hook, range.slot, range.start, range.end, f"root{root.id}")
+            for leaf in self.present_leaves(root, range.start, range.end):
+                ret |= bool(handler(root, leaf, range))
+        return ret
+
+    def age_gfn_range(self, root: Root, leaf: Leaf, range: KvmGfnRange) -> bool:
+        # v5.13 arch/x86/kvm/mmu/tdp_mmu.c age_gfn_range: Dirty bit left alone
+        if not leaf.young:
+            return False
+        self.age_one(leaf)
+        return True
+
+    def test_age_gfn(self, root: Root, leaf: Leaf, range: KvmGfnRange) -> bool:
+        # v5.13 arch/x86/kvm/mmu/tdp_mmu.c test_age_gfn
+        return leaf.young
+
+    def set_spte_gfn(self, root: Root, leaf: Leaf, range: KvmGfnRange) -> bool:
+        # v5.13 arch/x86/kvm/mmu/tdp_mmu.c set_spte_gfn: WARN per visited leaf; 4K only
+        if range.pte.level != LEVEL_4K or range.start + 1 != range.end:
+            self.warn("WARN_ON(pte_huge(range->pte) || range->start + 1 != range->end) in set_spte_gfn")
+        if leaf.level != LEVEL_4K:
+            return False
+        self.set_4k_spte(root, leaf, range.pte, intermediate_flush=False)
+        return True
+
+    def kvm_unmap_gfn_range(self, range: KvmGfnRange) -> bool:
+        # v5.13 arch/x86/kvm/mmu/mmu.c kvm_unmap_gfn_range: rmap result is the TDP zap's flush
+        flush = super().kvm_unmap_gfn_range(range)
+        flush |= self.kvm_tdp_mmu_unmap_gfn_range(range, flush)
+        return flush
+
+    def kvm_set_spte_gfn(self, range: KvmGfnRange) -> bool:
+        # v5.13 arch/x86/kvm/mmu/mmu.c kvm_set_spte_gfn + tdp_mmu.c kvm_tdp_mmu_set_spte_gfn:
+        # one 1-page flush at range->start if a leaf changed, then false
+        flush = super().kvm_set_spte_gfn(range)
+        if self.kvm_tdp_mmu_handle_gfn(range, self.set_spte_gfn, "set_spte_gfn"):
+            self.flush_with_address(range.start, 1, "kvm_tdp_mmu_set_spte_gfn")
+        return flush
+
+    def kvm_age_gfn(self, range: KvmGfnRange) -> bool:
+        # v5.13 arch/x86/kvm/mmu/mmu.c kvm_age_gfn: rmap pass OR kvm_tdp_mmu_age_gfn_range
+        young = super().kvm_age_gfn(range)
+        young |= self.kvm_tdp_mmu_handle_gfn(range, self.age_gfn_range, "age_gfn_range")
+        return young
+
+    def kvm_test_age_gfn(self, range: KvmGfnRange) -> bool:
+        # v5.13 arch/x86/kvm/mmu/mmu.c kvm_test_age_gfn: rmap pass OR kvm_tdp_mmu_test_age_gfn
+        young = super().kvm_test_age_gfn(range)
+        young |= self.kvm_tdp_mmu_handle_gfn(range, self.test_age_gfn, "test_age_gfn")
+        return young
+
+    def kvm_tdp_mmu_zap_all(self) -> None:
+        # v5.13 arch/x86/kvm/mmu/tdp_mmu.c kvm_tdp_mmu_zap_all: address space by address space,
+        # valid roots only (the yield-safe iterator skips invalid ones), may yield, one flush
+        flush = False
+        for as_id in range(self.address_space_num):
+            for root in [r for r in self.roots_of(as_id) if not r.invalid]:
+                flush = self.zap_gfn_range(root, 0, MAX_GFN, True, flush, False)
+        if flush:
+            self.remote_flush("kvm_tdp_mmu_zap_all")
+
+    def kvm_arch_flush_shadow_memslot(self, slot) -> None:
+        # v5.13 arch/x86/kvm/mmu/mmu.c kvm_mmu_zap_all_fast (4c6654bd160d): mark every root
+        # invalid and reload the vCPUs under the write lock, then (read lock) tear every invalid
+        # root down with the shared zap: one flush per zeroed SPTE, none at the end
+        invalid = [r for r in self.roots]
+        for root in invalid:
+            root.invalid = True
+            root.stale = True
+        flush = False
+        for root in invalid:
+            flush = self.zap_gfn_range(root, 0, MAX_GFN, True, flush, True)
+        if flush:
+            self.remote_flush("kvm_tdp_mmu_zap_invalidated_roots")
+
+
+MODELS = {"x86-tdp": {
+    "v5.12": (X86TdpV5_12, ""),
+    "v5.13-rc1": (X86TdpV5_13, "no change to the TDP MMU notifier handlers, mmu.c gfn handlers or "
+                               "kvm_main.c walker found between v5.13-rc1 and v5.13 (unverified: "
+                               "tdp_mmu.c at the v5.13 tag was not read)"),
+    "v5.13": (X86TdpV5_13, ""),
+}}

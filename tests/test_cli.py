@@ -1,0 +1,121 @@
+"""The command line: list, run, candidates, replay, show, and one-line errors."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fuzz.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+OFF_BY_ONE = '''
+from impls.x86_shadow import X86ShadowV5_13
+
+class OffByOne(X86ShadowV5_13):
+    """A patch whose gfn handler also zaps the gfn after the range."""
+    def kvm_unmap_gfn_range(self, range):
+        range.end += 1
+        return super().kvm_unmap_gfn_range(range)
+'''
+
+
+def run_cli(*args):
+    return main([str(a) for a in args])
+
+
+def test_list_shows_architectures_and_versions(capsys):
+    assert run_cli("list") == 0
+    out = capsys.readouterr().out
+    for name in ("x86-shadow", "v5.12", "v5.13-rc1", "v5.13"):
+        assert name in out
+
+
+def test_run_x86_shadow_reports_only_known_divergences(tmp_path, capsys):
+    report = tmp_path / "r.json"
+    rc = run_cli("run", "--arch", "x86-shadow", "--old", "v5.12", "--new", "v5.13", "--max-time", 4,
+                 "--seed", 3, "--report", report, "--out", tmp_path / "out", "--quiet")
+    doc = json.loads(report.read_text())
+    assert rc == 0 and doc["totals"]["new_divergences"] == 0
+    assert doc["totals"]["events"] > 0 and doc["totals"]["seconds"] > 0
+    assert doc["divergences"], "v5.12 vs v5.13 always differ in mmu_lock elision"
+    for d in doc["divergences"]:
+        assert set(d) >= {"class", "arch", "old", "new", "wrong_side", "known", "signature",
+                          "event_index", "detail", "trace"}
+        assert Path(d["saved"]).is_file()          # on disk before it was reported
+        assert d["event_index"] < len(d["trace"]["events"])
+    assert "distinct divergences" in capsys.readouterr().out
+
+
+def test_candidate_with_off_by_one_is_caught_with_a_small_trace(tmp_path):
+    cand = tmp_path / "my_patch.py"
+    cand.write_text(OFF_BY_ONE)
+    report = tmp_path / "r.json"
+    rc = run_cli("run", "--arch", "x86-shadow", "--old", "v5.13", "--new", f"{cand}:OffByOne",
+                 "--max-time", 8, "--seed", 1, "--report", report, "--out", tmp_path / "out", "--quiet")
+    assert rc == 1
+    new = [d for d in json.loads(report.read_text())["divergences"] if not d["known"]]
+    over = [d for d in new if d["class"] == "over-invalidation"]
+    assert over and over[0]["wrong_side"] == "new"
+    assert min(len(d["trace"]["events"]) for d in over) <= 6
+
+
+@pytest.mark.parametrize("args, message", [
+    (["run", "--arch", "sparc"], "unknown arch 'sparc'"),
+    (["run", "--arch", "x86-shadow", "--old", "v4.0"], "no model of x86-shadow at 'v4.0'"),
+    (["run", "--arch", "x86-shadow", "--new", "nowhere.py:X"], "no such file nowhere.py"),
+    (["run", "--arch", "x86-shadow", "--new", "os:path"], "is not a subclass of impls.kvm.Kvm"),
+    (["run", "--arch", "x86-shadow", "--max-time", "0"], "--max-time must be positive"),
+])
+def test_bad_input_is_one_line_exit_2(capsys, args, message):
+    assert run_cli(*args) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err and "Traceback" not in err
+
+
+def test_broken_candidate_is_reported_not_crashed(tmp_path, capsys):
+    cand = tmp_path / "broken.py"
+    cand.write_text("from impls.x86_shadow import X86ShadowV5_13\nclass B(X86ShadowV5_13)\n    pass\n")
+    assert run_cli("run", "--arch", "x86-shadow", "--new", f"{cand}:B", "--max-time", 1) == 2
+    err = capsys.readouterr().err.strip()
+    assert "failed to import: SyntaxError" in err and "\n" not in err
+
+
+def test_replay_of_a_corrupt_entry_names_the_file(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"schema": "memslot-fuzz-trace/1", "arch": "x86-shadow", "old": "v5.12", '
+                   '"new": "v5.13", "expect": [], "events": [{"op": "fault_commit"}]}')
+    assert run_cli("replay", bad) == 2
+    err = capsys.readouterr().err.strip()
+    assert str(bad) in err and "event 0 (fault_commit): field fault: missing" in err
+
+
+def test_replay_detects_an_entry_that_no_longer_shows_its_divergence(tmp_path, capsys):
+    entry = tmp_path / "e.json"
+    entry.write_text(json.dumps({
+        "schema": "memslot-fuzz-trace/1", "arch": "x86-shadow", "old": "v5.13", "new": "v5.13",
+        "expect": ["missed-invalidation|x86-shadow|v5.13|v5.13|invalidate_range_start|new|only-first-gfn"],
+        "events": [{"op": "invalidate_range_start", "start": 0, "end": 4096},
+                   {"op": "invalidate_range_end", "start": 0, "end": 4096}]}))
+    assert run_cli("replay", entry) == 1
+    assert "no longer shows missed-invalidation" in capsys.readouterr().out
+
+
+def test_show_prints_a_timeline_with_the_divergence(tmp_path, capsys):
+    trace = tmp_path / "t.json"
+    trace.write_text(json.dumps({"schema": "memslot-fuzz-trace/1", "events": [
+        {"op": "set_memory_region", "as_id": 0, "slot": 0, "flags": 0, "guest_phys_addr": "0x100000",
+         "memory_size": "0x4000", "userspace_addr": "0x7f0000000000"},
+        {"op": "test_young", "hva": "0x7f0000100000"}]}))
+    assert run_cli("show", trace) == 0
+    out = capsys.readouterr().out
+    assert ">>  1 test_young" in out and "lock-without-hit [old wrong, known]" in out
+
+
+def test_console_script_runs_without_traceback(tmp_path):
+    exe = Path(sys.executable).parent / "memslot-fuzz"
+    p = subprocess.run([str(exe), "run", "--arch", "nope"], capture_output=True, text=True,
+                       cwd=tmp_path, env={**os.environ})
+    assert p.returncode == 2 and p.stderr.startswith("memslot-fuzz: unknown arch") and "Traceback" not in p.stderr
