@@ -26,6 +26,7 @@ from oracles.triage import KnownListError, load_known
 from . import corpus, report
 from .engine import Job, console_progress, run_job
 from .generate import GenConfig
+from .parallel import run_parallel
 from .runner import CandidateError, Side, check_well_formed, run_trace
 from .trace import TraceError
 from .trace import load as load_trace
@@ -77,7 +78,10 @@ def cmd_run(args) -> int:
     started = time.monotonic()
     seen: set[str] = set()
     for job in jobs:
-        res = run_job(job, known, None if args.quiet else console_progress, seen)
+        if args.jobs > 1:
+            res = run_parallel(job, args.jobs, known, args.quiet)
+        else:
+            res = run_job(job, known, None if args.quiet else console_progress, seen)
         results.append(res)
         if res.interrupted:
             print("memslot-fuzz: interrupted; what was found is saved", file=sys.stderr)
@@ -151,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--max-events", type=int, default=40, help="longest generated trace")
     r.add_argument("--aligned-only", action="store_true", help="page-aligned notifier ranges only")
     r.add_argument("--minimize-seconds", type=float, default=10.0, help="time limit per minimization")
+    r.add_argument("--jobs", type=int, default=1, help="worker processes per architecture")
     r.add_argument("--quiet", action="store_true", help="no progress lines")
     rp = sub.add_parser("replay", help="replay corpus entries; fail if one shows something else")
     rp.add_argument("paths", nargs="+")
@@ -168,6 +173,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cmd == "run" and args.max_time <= 0:
             raise UsageError("--max-time must be positive")
+        if args.cmd == "run" and not 1 <= args.jobs <= 64:
+            raise UsageError("--jobs must be between 1 and 64")
         return {"list": cmd_list, "run": cmd_run, "replay": cmd_replay, "show": cmd_show}[args.cmd](args)
     except (ModelLoadError, CandidateError, TraceError, KnownListError, UsageError) as e:
         print(f"memslot-fuzz: {e}", file=sys.stderr)

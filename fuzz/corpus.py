@@ -5,9 +5,10 @@
      "note": "why this entry exists",
      "events": [...]}
 
-Files are named by a hash of their content and written atomically (temporary file, then
-rename), so parallel workers that find the same divergence leave one file and never a
-partial one.
+Files are named by a hash of what they show (arch, versions and the divergence signatures)
+and published atomically without ever replacing a file (written to a temporary name, then
+hard-linked into place): parallel workers that find the same divergence leave exactly one
+file, the first one, and never a partial one.
 """
 from __future__ import annotations
 
@@ -43,8 +44,11 @@ class CorpusEntry:
         return head + ',\n  "events": [\n    ' + events + "\n  ]\n}\n"
 
     def content_hash(self) -> str:
+        """Hash of what the entry shows; an entry that must show nothing is named by its events."""
         d = self.to_json()
         d.pop("note")
+        if d["expect"]:
+            d.pop("events")
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -62,11 +66,12 @@ def save(entry: CorpusEntry, directory: Path) -> Path:
             f.write(entry.dumps())
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        try:
+            os.link(tmp, path)          # atomic, and never replaces another worker's file
+        except FileExistsError:
+            pass
+    finally:
+        os.unlink(tmp)
     return path
 
 

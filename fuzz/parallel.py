@@ -1,0 +1,108 @@
+"""`memslot-fuzz run --jobs N`: N worker processes per (arch, old, new), each with its own
+seed, all saving into the same output directory; the parent merges their results by
+signature and prints one progress line for all of them.
+
+Workers save every divergence before reporting it (fuzz/corpus.py publishes without ever
+replacing a file), so a killed run loses nothing already reported and two workers that find
+the same divergence leave one file.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import queue
+import sys
+import time
+
+from oracles.triage import KnownEntry
+
+from .engine import Job, JobResult, run_job
+
+SEED_STRIDE = 1_000_003
+
+
+def _worker(index: int, job: Job, known: list[KnownEntry], results, progress) -> None:
+    def tell(res: JobResult, what: str) -> None:
+        if what == "found":
+            d = res.divergences[-1]
+            progress.put(("found", d.signature, d.known, d.cls, d.wrong_side, d.op,
+                          len(d.trace), str(res.saved[d.signature])))
+        else:
+            progress.put(("tick", index, res.events, res.traces))
+    try:
+        res = run_job(job, known, tell)
+    except KeyboardInterrupt:          # interrupted before run_job could catch it
+        res = JobResult(job, interrupted=True)
+    results.put(res)
+
+
+def run_parallel(job: Job, jobs: int, known: list[KnownEntry], quiet: bool = False) -> JobResult:
+    """Run `job` on `jobs` processes and merge what they found (first finder of a signature wins)."""
+    ctx = mp.get_context("fork")
+    results, progress = ctx.Queue(), ctx.Queue()
+    procs = []
+    for k in range(jobs):
+        sub = Job(job.arch, job.old, job.new, job.max_time, job.seed + k * SEED_STRIDE, job.out_dir,
+                  job.gen, job.minimize_seconds)
+        p = ctx.Process(target=_worker, args=(k, sub, known, results, progress), daemon=True)
+        p.start()
+        procs.append(p)
+    merged = JobResult(job)
+    per_worker: dict[int, tuple[int, int]] = {}
+    seen: set[str] = set()
+    start = last = time.monotonic()
+    collected: list[JobResult] = []
+    try:
+        while len(collected) < jobs:
+            try:
+                collected.append(results.get(timeout=0.2))
+            except queue.Empty:
+                pass
+            _drain(progress, seen, per_worker, job, quiet)
+            now = time.monotonic()
+            if not quiet and now - last >= 2.0:
+                last = now
+                events = sum(e for e, _ in per_worker.values())
+                print(f"  [{job.arch} {job.old.name}..{job.new.name}] {now - start:5.1f}s {jobs} jobs, "
+                      f"{events} events ({events / (now - start):.0f}/s), divergences {len(seen)}",
+                      file=sys.stderr, flush=True)
+            if not any(p.is_alive() for p in procs) and results.empty():
+                break
+    except KeyboardInterrupt:
+        merged.interrupted = True
+        deadline = time.monotonic() + 30
+        while len(collected) < jobs and time.monotonic() < deadline:
+            try:
+                collected.append(results.get(timeout=0.5))
+            except (queue.Empty, KeyboardInterrupt):
+                if not any(p.is_alive() for p in procs):
+                    break
+    for p in procs:
+        p.join(timeout=5)
+    _drain(progress, seen, per_worker, job, quiet)
+    for res in collected:
+        merged.events += res.events
+        merged.traces += res.traces
+        merged.seconds = max(merged.seconds, res.seconds)
+        merged.interrupted |= res.interrupted
+        for d in res.divergences:
+            if d.signature not in merged.saved:
+                merged.saved[d.signature] = res.saved[d.signature]
+                merged.divergences.append(d)
+    return merged
+
+
+def _drain(progress, seen: set[str], per_worker: dict, job: Job, quiet: bool) -> None:
+    while True:
+        try:
+            msg = progress.get_nowait()
+        except queue.Empty:
+            return
+        if msg[0] == "tick":
+            per_worker[msg[1]] = (msg[2], msg[3])
+        elif msg[0] == "found" and msg[1] not in seen:
+            seen.add(msg[1])
+            if not quiet:
+                _, _, known, cls, side, op, n, path = msg
+                tag = "known" if known else "NEW"
+                print(f"  [{job.arch} {job.old.name}..{job.new.name}] {tag} {cls} ({side} wrong) at {op}, "
+                      f"{n} events -> {path}", file=sys.stderr, flush=True)
