@@ -71,7 +71,7 @@ def cmd_run(args) -> int:
         gen = GenConfig(address_space_num=probe.address_space_num, max_events=args.max_events,
                         aligned_only=args.aligned_only, x86_shadow_paging=arch.startswith("x86"))
         jobs.append(Job(arch, old, new, per_arch, seed + i, Path(args.out), gen,
-                        minimize_seconds=args.minimize_seconds))
+                        minimize_seconds=args.minimize_seconds, stop_on_new=args.stop_on_new))
     print(f"memslot-fuzz: {', '.join(arches)}: {args.old} vs {args.new}, {args.max_time:g}s, "
           f"seed {seed}, saving to {args.out}/", file=sys.stderr)
     results = []
@@ -156,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--aligned-only", action="store_true", help="page-aligned notifier ranges only")
     r.add_argument("--minimize-seconds", type=float, default=10.0, help="time limit per minimization")
     r.add_argument("--jobs", type=int, default=1, help="worker processes per architecture")
+    r.add_argument("--stop-on-new", action="store_true",
+                   help="stop an architecture's run at its first divergence not on the known list")
     r.add_argument("--quiet", action="store_true", help="no progress lines")
     rp = sub.add_parser("replay", help="replay corpus entries; fail if one shows something else")
     rp.add_argument("paths", nargs="+")

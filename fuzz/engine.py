@@ -31,6 +31,7 @@ class Job:
     out_dir: Path
     gen: GenConfig = field(default_factory=GenConfig)
     minimize_seconds: float = 10.0
+    stop_on_new: bool = False        # end the job at the first divergence not on the known list
 
 
 @dataclass
@@ -98,6 +99,8 @@ def run_job(job: Job, known: list[KnownEntry], progress: Progress | None = None,
                 res.divergences.append(d)
                 if progress:
                     progress(res, "found")
+            if job.stop_on_new and any(not d.known for d in res.divergences):
+                break
             now = time.monotonic()
             if progress and now - last_tick >= 2.0:
                 last_tick = now
