@@ -3,7 +3,7 @@
     memslot-fuzz list
     memslot-fuzz run --arch NAME|all --old V --new V --max-time S --seed N --report FILE.json
     memslot-fuzz replay PATH...
-    memslot-fuzz show TRACE.json --arch NAME --old V --new V
+    memslot-fuzz show TRACE.json [--arch NAME --old V --new V] [--html OUT.html]
 
 Exit codes: 0 nothing outside the known list (or replay matched), 1 a new divergence (or a
 replay mismatch), 2 usage or input error (one line on stderr, no traceback).
@@ -87,6 +87,7 @@ def cmd_run(args) -> int:
             print("memslot-fuzz: interrupted; what was found is saved", file=sys.stderr)
             break
     doc = report.build(results, seed, time.monotonic() - started)
+    report.validate_report(doc)
     if args.report:
         write_atomic(Path(args.report), json.dumps(doc, indent=2) + "\n")
     report.print_summary(doc, sys.stdout)
@@ -136,7 +137,11 @@ def cmd_show(args) -> int:
     arch, old, new = args.arch or arch, args.old or old, args.new or new
     check_well_formed(events, str(path))
     res = run_trace(events, arch, _side(arch, old), _side(arch, new), load_known(), keep_observations=True)
-    report.print_timeline(events, res, arch, old, new, sys.stdout)
+    if args.html:
+        write_atomic(Path(args.html), report.show_html(events, res, arch, old, new))
+        print(f"memslot-fuzz: wrote {args.html}", file=sys.stderr)
+    else:
+        report.print_timeline(events, res, arch, old, new, sys.stdout)
     return 1 if any(not d.known for d in res.divergences) else 0
 
 
@@ -166,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--arch", default=None, help="default: the entry's, or x86-shadow for a plain trace")
     s.add_argument("--old", default=None)
     s.add_argument("--new", default=None)
+    s.add_argument("--html", default=None, metavar="OUT.html",
+                   help="write the timeline with a picture of each divergence as one HTML page")
     return p
 
 
@@ -178,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd == "run" and not 1 <= args.jobs <= 64:
             raise UsageError("--jobs must be between 1 and 64")
         return {"list": cmd_list, "run": cmd_run, "replay": cmd_replay, "show": cmd_show}[args.cmd](args)
-    except (ModelLoadError, CandidateError, TraceError, KnownListError, UsageError) as e:
+    except (ModelLoadError, CandidateError, TraceError, KnownListError, UsageError, report.ReportError) as e:
         print(f"memslot-fuzz: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

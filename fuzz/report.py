@@ -1,33 +1,65 @@
-"""Reports: the JSON report of a run (schema in docs/REPORT.md), the console summary, and
-the timeline of one trace."""
+"""Reports: the JSON report of a run (schema in docs/REPORT.md, checked by validate_report),
+the console summary, and the timeline of one trace (console and HTML).
+
+Functions for callers:
+    build(results, seed, seconds, pictures=True, reach=True) -> dict   (writes pictures)
+    validate_report(doc, source="report") -> None                       (raises ReportError)
+    print_summary(doc, out)
+    print_timeline(events, res, arch, old, new, out, color=None, reach=True)
+    show_html(events, res, arch, old, new) -> str
+`res` is a fuzz.runner.TraceResult run with keep_observations=True; old/new are version
+names, candidate specs or fuzz.runner.Side objects.
+"""
 from __future__ import annotations
 
+import hashlib
+from html import escape
+from pathlib import Path
 from typing import TextIO
 
+from impls import registry
 from oracles.compare import CLASSES, Divergence
+from oracles.reference import Expectation
 
-from .trace import event_to_json, trace_to_json
+from .picture import html_page, replay_details, svg_from_detail, write_pictures
+from .reachability import ALIGNED, UNALIGNED_ONLY, reachability
+from .reachability import VALUES as REACH_VALUES
+from .runner import Side
+from .trace import TraceError, event_to_json, trace_from_json, trace_to_json
 
 REPORT_SCHEMA = "memslot-fuzz-report/1"
 
 
-def divergence_json(d: Divergence, saved: str | None) -> dict:
+def divergence_json(d: Divergence, saved: str | None, reachability: str | None = None,
+                    picture: str | None = None) -> dict:
     return {"class": d.cls, "arch": d.arch, "old": d.old, "new": d.new,
             "wrong_side": d.wrong_side, "known": d.known, "explanation": d.explanation,
             "signature": d.signature, "op": d.op, "shape": d.shape,
             "event_index": d.event_index, "detail": d.detail,
-            "trace": trace_to_json(d.trace), "saved": saved}
+            "trace": trace_to_json(d.trace), "saved": saved,
+            "reachability": reachability, "picture": picture}
 
 
-def build(results, seed: int, seconds: float) -> dict:
+def build(results, seed: int, seconds: float, pictures: bool = True, reach: bool = True) -> dict:
+    """The JSON report of a run (docs/REPORT.md).  For every divergence, unless turned off:
+    `reachability` (fuzz.reachability: does it show with page-aligned notifier ranges) and
+    `picture` (fuzz.picture.write_pictures: an SVG, with an HTML page beside it, written next
+    to the saved trace in the job's out_dir)."""
     divs, runs = [], []
     for res in results:
         j = res.job
         runs.append({"arch": j.arch, "old": j.old.name, "new": j.new.name, "engine": "random",
                      "seed": j.seed, "events": res.events, "traces": res.traces,
-                     "seconds": round(res.seconds, 3), "interrupted": res.interrupted})
+                     "seconds": round(res.seconds, 3), "interrupted": res.interrupted,
+                     "aligned_only": bool(getattr(getattr(j, "gen", None), "aligned_only", False))})
         for d in res.divergences:
-            divs.append(divergence_json(d, str(res.saved.get(d.signature)) if d.signature in res.saved else None))
+            saved = res.saved.get(d.signature)
+            r = reachability(d.trace, j.arch, j.old, j.new, [], d.signature) if reach else None
+            pic = None
+            if pictures:
+                stem = f"{Path(saved).stem}-{_short(d.signature)}" if saved else None
+                pic = str(write_pictures(d, j, j.out_dir, stem))
+            divs.append(divergence_json(d, str(saved) if saved is not None else None, r, pic))
     divs.sort(key=lambda x: (x["known"], CLASSES.index(x["class"]), x["arch"], x["signature"]))
     events = sum(r["events"] for r in runs)
     return {"schema": REPORT_SCHEMA, "seed": seed, "runs": runs, "divergences": divs,
@@ -36,57 +68,249 @@ def build(results, seed: int, seconds: float) -> dict:
                        "events_per_second": round(events / seconds, 1) if seconds else 0.0,
                        "divergences": len(divs),
                        "new_divergences": sum(not d["known"] for d in divs),
+                       "unaligned_only": sum(d.get("reachability") == UNALIGNED_ONLY for d in divs),
                        "interrupted": any(r["interrupted"] for r in runs)}}
 
 
+def _short(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:6]
+
+
+# ----- schema check of the JSON report ----------------------------------------------------
+class ReportError(ValueError):
+    """A report that does not follow docs/REPORT.md: names the field."""
+
+
+_STR, _INT, _NUM, _BOOL = str, int, (int, float), bool
+RUN_FIELDS = {"arch": _STR, "old": _STR, "new": _STR, "engine": _STR, "seed": _INT, "events": _INT,
+              "traces": _INT, "seconds": _NUM, "interrupted": _BOOL, "aligned_only": _BOOL}
+DIV_FIELDS = {"class": _STR, "arch": _STR, "old": _STR, "new": _STR, "wrong_side": _STR,
+              "known": _BOOL, "explanation": _STR, "signature": _STR, "op": _STR, "shape": _STR,
+              "event_index": _INT, "detail": _STR, "trace": dict, "saved": (_STR, type(None)),
+              "reachability": (_STR, type(None)), "picture": (_STR, type(None))}
+TOTAL_FIELDS = {"events": _INT, "traces": _INT, "seconds": _NUM, "events_per_second": _NUM,
+                "divergences": _INT, "new_divergences": _INT, "unaligned_only": _INT,
+                "interrupted": _BOOL}
+
+
+def _fields(obj, spec: dict, where: str) -> None:
+    if not isinstance(obj, dict):
+        raise ReportError(f"{where}: expected an object, got {type(obj).__name__}")
+    for name, typ in spec.items():
+        if name not in obj:
+            raise ReportError(f"{where}: field {name}: missing")
+        v = obj[name]
+        bad_bool = isinstance(v, bool) and typ is not _BOOL and bool not in (typ if isinstance(typ, tuple) else (typ,))
+        if not isinstance(v, typ) or bad_bool:
+            raise ReportError(f"{where}: field {name}: unexpected {type(v).__name__} {v!r:.60}")
+    extra = sorted(set(obj) - set(spec))
+    if extra:
+        raise ReportError(f"{where}: field {extra[0]}: not in the report schema")
+
+
+def validate_report(doc, source: str = "report") -> None:
+    """Raise ReportError (one line naming the field) unless `doc` follows docs/REPORT.md."""
+    if not isinstance(doc, dict):
+        raise ReportError(f"{source}: expected a JSON object")
+    _fields(doc, {"schema": _STR, "seed": _INT, "runs": list, "divergences": list, "totals": dict}, source)
+    if doc["schema"] != REPORT_SCHEMA:
+        raise ReportError(f"{source}: field schema: expected {REPORT_SCHEMA!r}, got {doc['schema']!r}")
+    for i, r in enumerate(doc["runs"]):
+        _fields(r, RUN_FIELDS, f"{source}: runs[{i}]")
+    order = []
+    for i, d in enumerate(doc["divergences"]):
+        where = f"{source}: divergences[{i}]"
+        _fields(d, DIV_FIELDS, where)
+        if d["class"] not in CLASSES:
+            raise ReportError(f"{where}: field class: {d['class']!r} is not a divergence class")
+        if d["wrong_side"] not in ("old", "new", "both"):
+            raise ReportError(f"{where}: field wrong_side: {d['wrong_side']!r} is not old, new or both")
+        if d["reachability"] is not None and d["reachability"] not in REACH_VALUES:
+            raise ReportError(f"{where}: field reachability: {d['reachability']!r} is not one of "
+                              f"{', '.join(REACH_VALUES)}")
+        sig = "|".join([d["class"], d["arch"], d["old"], d["new"], d["op"], d["wrong_side"], d["shape"]])
+        if d["signature"] != sig:
+            raise ReportError(f"{where}: field signature: {d['signature']!r} does not match its fields")
+        try:
+            events = trace_from_json(d["trace"], f"{where}.trace")
+        except TraceError as e:
+            raise ReportError(str(e)) from None
+        if not 0 <= d["event_index"] < len(events):
+            raise ReportError(f"{where}: field event_index: {d['event_index']} outside the trace "
+                              f"of {len(events)} events")
+        order.append((d["known"], CLASSES.index(d["class"])))
+    if order != sorted(order):
+        raise ReportError(f"{source}: field divergences: not sorted new first, then by class severity")
+    t = doc["totals"]
+    _fields(t, TOTAL_FIELDS, f"{source}: totals")
+    if t["divergences"] != len(doc["divergences"]):
+        raise ReportError(f"{source}: totals: field divergences: {t['divergences']} but "
+                          f"{len(doc['divergences'])} listed")
+    if t["new_divergences"] != sum(not d["known"] for d in doc["divergences"]):
+        raise ReportError(f"{source}: totals: field new_divergences: does not match the list")
+    if t["events"] != sum(r["events"] for r in doc["runs"]):
+        raise ReportError(f"{source}: totals: field events: not the sum of the runs")
+
+
+# ----- console summary --------------------------------------------------------------------
+def _reach_word(value) -> str:
+    return {ALIGNED: "yes", UNALIGNED_ONLY: "no"}.get(value, "-")
+
+
 def print_summary(doc: dict, out: TextIO) -> None:
+    """The table of distinct divergences, where each is saved and drawn, and the totals."""
     t = doc["totals"]
     divs = doc["divergences"]
     if divs:
-        rows = [("class", "arch", "versions", "wrong", "status", "op", "shape", "events", "saved")]
-        for d in divs:
-            rows.append((d["class"], d["arch"], f"{d['old']}..{d['new']}", d["wrong_side"],
-                         "known" if d["known"] else "NEW", d["op"], d["shape"][:40],
-                         str(len(d["trace"]["events"])), d["saved"] or "-"))
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+        rows = [("#", "class", "arch", "versions", "wrong", "status", "aligned", "events", "op", "shape")]
+        for i, d in enumerate(divs, 1):
+            rows.append((str(i), d["class"], d["arch"], f"{d['old']}..{d['new']}", d["wrong_side"],
+                         "known" if d["known"] else "NEW", _reach_word(d.get("reachability")),
+                         str(len(d["trace"]["events"])), d["op"], d["shape"][:48]))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         for r in rows:
-            print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1], file=out)
+            print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip(), file=out)
+        print("(aligned: the divergence also shows with page-aligned notifier ranges, as the "
+              "kernel's mm sends them)", file=out)
+        print(file=out)
+        for i, d in enumerate(divs, 1):
+            files = [f"trace {d['saved'] or '-'}"]
+            if d.get("picture"):
+                files.append(f"picture {d['picture']}")
+            print(f"#{i:<3d}" + "  ".join(files), file=out)
         print(file=out)
     for r in doc["runs"]:
         print(f"{r['arch']:13s} {r['old']}..{r['new']}: {r['events']} events in {r['traces']} traces, "
-              f"{r['seconds']:.1f}s" + (" (interrupted)" if r["interrupted"] else ""), file=out)
+              f"{r['seconds']:.1f}s" + (" (interrupted)" if r["interrupted"] else "")
+              + (" (aligned ranges only)" if r.get("aligned_only") else ""), file=out)
     print(f"total: {t['events']} events, {t['events_per_second']:.0f} events/s, {t['seconds']:.1f}s; "
-          f"{t['divergences']} distinct divergences, {t['new_divergences']} new (seed {doc['seed']})", file=out)
+          f"{t['divergences']} distinct divergences, {t['new_divergences']} new"
+          + (f", {t['unaligned_only']} only with unaligned ranges" if t.get("unaligned_only") else "")
+          + f" (seed {doc['seed']})", file=out)
 
 
-def print_timeline(events, res, arch: str, old: str, new: str, out: TextIO) -> None:
-    """Each event with both sides' observations; divergent events marked."""
+# ----- timeline of one trace --------------------------------------------------------------
+RED, YELLOW, BOLD, RESET = "\x1b[31m", "\x1b[33m", "\x1b[1m", "\x1b[0m"
+
+
+def _sides_for(arch: str, old, new) -> tuple[Side, Side]:
+    if isinstance(old, Side) and isinstance(new, Side):
+        return old, new
+    return Side(old, registry.resolve(arch, old)), Side(new, registry.resolve(arch, new))
+
+
+def _gfns_brief(leaves) -> str:
+    return ",".join(f"as{x.as_id}:{x.gfn:#x}" + (f"+{x.pages}" if x.pages > 1 else "") for x in leaves)
+
+
+def ref_brief(exp: Expectation | None) -> str:
+    """What the reference requires at a notifier event, in one line ('' for other events)."""
+    if exp is None:
+        return ""
+    parts = [f"gfns {exp.gfns.describe()}" if exp.gfns else "hits no memslot"]
+    if exp.op == "invalidate_range_start":
+        parts.append(f"must unmap {_gfns_brief(exp.must_unmap)}" if exp.must_unmap else "nothing mapped")
+    elif exp.op in ("clear_flush_young", "clear_young"):
+        parts.append(f"must age {_gfns_brief(exp.must_age)}" if exp.must_age else "nothing young")
+    if exp.young is not None:
+        parts.append(f"young={int(bool(exp.young))}")
+    return "; ".join(parts)
+
+
+def timeline_rows(events, res, arch: str, old, new, known=None):
+    """Per event: (index, event line, [(who, text)], [divergences]) shared by the console and
+    HTML timelines; `who` is old/new/both/ref/ref old/ref new."""
+    old_side, new_side = _sides_for(arch, old, new)
+    details = replay_details(events, old_side, new_side)
     by_event: dict[int, list[Divergence]] = {}
     for d in res.divergences:
         by_event.setdefault(d.event_index, []).append(d)
-    first = min(by_event) if by_event else None
-    print(f"{arch}: {old} (old) vs {new} (new), {len(events)} events", file=out)
+    rows = []
     for i, ev in enumerate(events):
-        mark = ">>" if i == first else ("! " if i in by_event else "  ")
         args = {k: v for k, v in event_to_json(ev).items() if k != "op"}
-        print(f"{mark}{i:3d} {ev.op} " + " ".join(f"{k}={v}" for k, v in args.items()), file=out)
+        line = f"{ev.op} " + " ".join(f"{k}={v}" for k, v in args.items())
+        lines: list[tuple[str, str]] = []
         if i < len(res.observations):
             o, n = res.observations[i]
             oj, nj = o.to_json(), n.to_json()
             oj.pop("op"), nj.pop("op")
             if oj == nj:
                 if len(oj) > 1 or oj.get("lock_taken"):
-                    print(f"        both: {_brief(oj)}", file=out)
+                    lines.append(("both", _brief(oj)))
             else:
-                print(f"        old:  {_brief(oj)}", file=out)
-                print(f"        new:  {_brief(nj)}", file=out)
-        for d in by_event.get(i, []):
+                lines.append(("old", _brief(oj)))
+                lines.append(("new", _brief(nj)))
+        if i < len(details):
+            ro, rn = ref_brief(details[i].old.exp), ref_brief(details[i].new.exp)
+            if ro == rn and ro:
+                lines.append(("ref", ro))
+            else:
+                if ro:
+                    lines.append(("ref old", ro))
+                if rn:
+                    lines.append(("ref new", rn))
+        rows.append((i, line, lines, by_event.get(i, [])))
+    return rows, old_side, new_side, details
+
+
+def print_timeline(events, res, arch: str, old, new, out: TextIO, color: bool | None = None,
+                   reach: bool = True) -> None:
+    """Each event with both sides' observations and, at notifier events, what the reference
+    requires; the first divergent event is marked '>>' (and coloured when `out` is a tty),
+    later ones '! '.  `old`/`new` are version names or candidate specs (or Sides)."""
+    if color is None:
+        color = hasattr(out, "isatty") and out.isatty()
+    rows, old_side, new_side, _ = timeline_rows(events, res, arch, old, new)
+    first = min((d.event_index for d in res.divergences), default=None)
+    c = (lambda code, s: f"{code}{s}{RESET}") if color else (lambda code, s: s)
+    print(f"{arch}: {old_side.name} (old) vs {new_side.name} (new), {len(events)} events", file=out)
+    for i, line, lines, divs in rows:
+        mark = ">>" if i == first else ("! " if divs else "  ")
+        text = f"{mark}{i:3d} {line}"
+        print(c(BOLD + RED, text) if i == first else (c(BOLD, text) if divs else text), file=out)
+        for who, t in lines:
+            print(f"        {who + ':':8s} {t}", file=out)
+        for d in divs:
             status = "known" if d.known else "NEW"
-            print(f"        ** {d.cls} [{d.wrong_side} wrong, {status}] {d.shape}: {d.detail}", file=out)
+            r = ""
+            if reach:
+                r = reachability(events, arch, old_side, new_side, [], d.signature)
+                r = "; reachable with aligned ranges" if r == ALIGNED else "; only with unaligned ranges"
+            print(c(YELLOW if d.known else RED,
+                    f"        ** {d.cls} [{d.wrong_side} wrong, {status}] {d.shape}: {d.detail}{r}"), file=out)
             if d.known and d.explanation:
                 print(f"           {d.explanation.splitlines()[0][:160]}", file=out)
     if not res.divergences:
         print("no divergence", file=out)
+
+
+def show_html(events, res, arch: str, old, new) -> str:
+    """`show TRACE.json --html OUT.html`: the picture of every divergent event, then the
+    timeline as a table (the first divergent event highlighted)."""
+    rows, old_side, new_side, details = timeline_rows(events, res, arch, old, new)
+    first = min((d.event_index for d in res.divergences), default=None)
+    parts = [f"<h1>{escape(arch)}: {escape(old_side.name)} (old) vs {escape(new_side.name)} (new)</h1>",
+             f"<p>{len(events)} events, {len(res.divergences)} divergence(s)</p>"]
+    by_event: dict[int, list[Divergence]] = {}
+    for d in res.divergences:
+        by_event.setdefault(d.event_index, []).append(d)
+    for i in sorted(by_event):
+        divs = by_event[i]
+        parts.append(f'<h2 id="event-{i}">event {i}: {escape(events[i].op)}</h2>')
+        parts.append(svg_from_detail(details[i], divs[0], arch, divs))
+        for d in divs:
+            if d.explanation:
+                parts.append(f"<p><b>{escape(d.signature)}</b>: {escape(d.explanation)}</p>")
+    parts.append("<h2>timeline</h2><table><tr><th>#</th><th>event</th><th>observed / reference</th></tr>")
+    for i, line, lines, divs in rows:
+        cls = ' class="first"' if i == first else (' class="diverge"' if divs else "")
+        obs = "<br>".join(f"<b>{escape(w)}:</b> {escape(t)}" for w, t in lines)
+        for d in divs:
+            obs += (f"<br><b>** {escape(d.cls)} [{escape(d.wrong_side)} wrong, "
+                    f"{'known' if d.known else 'NEW'}] {escape(d.shape)}</b>: {escape(d.detail)}")
+        parts.append(f"<tr{cls}><td>{i}</td><td>{escape(line)}</td><td>{obs}</td></tr>")
+    parts.append("</table>")
+    return html_page(f"memslot-fuzz show: {arch}", "\n".join(parts))
 
 
 def _brief(obs: dict) -> str:

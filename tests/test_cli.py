@@ -119,3 +119,21 @@ def test_console_script_runs_without_traceback(tmp_path):
     p = subprocess.run([str(exe), "run", "--arch", "nope"], capture_output=True, text=True,
                        cwd=tmp_path, env={**os.environ})
     assert p.returncode == 2 and p.stderr.startswith("memslot-fuzz: unknown arch") and "Traceback" not in p.stderr
+
+
+def test_show_html_writes_a_page_with_a_picture(tmp_path):
+    entry = next(p for p in sorted((ROOT / "corpus").rglob("*.json")) if "seeds" not in p.parts)
+    out = tmp_path / "page.html"
+    assert run_cli("show", entry, "--html", out) in (0, 1)
+    page = out.read_text()
+    assert page.startswith("<!DOCTYPE html") or page.lstrip().lower().startswith("<!doctype html")
+    assert "<svg" in page
+
+
+def test_aligned_only_run_sends_page_aligned_ranges_only(tmp_path):
+    report = tmp_path / "r.json"
+    rc = run_cli("run", "--arch", "arm64", "--max-time", 3, "--seed", 2, "--aligned-only",
+                 "--report", report, "--out", tmp_path / "out", "--quiet")
+    doc = json.loads(report.read_text())
+    assert rc == 0 and doc["divergences"]
+    assert all(d["reachability"] == "aligned" for d in doc["divergences"])

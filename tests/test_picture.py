@@ -1,0 +1,239 @@
+"""Pictures of divergences: the cells of the SVG, and the HTML page in a real headless browser."""
+import os
+import shutil
+import struct
+import subprocess
+import xml.etree.ElementTree as ET
+import zlib
+from pathlib import Path
+
+import pytest
+
+from fuzz import picture, report
+from fuzz.engine import Job, run_job
+from fuzz.generate import GenConfig
+from fuzz.runner import Side, run_trace
+from fuzz.trace import InvalidateRangeEnd, InvalidateRangeStart
+from oracles.compare import Divergence
+from impls.registry import resolve
+from oracles.triage import load_known
+from util import HVA, P, fault, host, slot
+
+SVG_NS = "{http://www.w3.org/2000/svg}"
+
+
+def sides(arch, old, new):
+    return Side(old, resolve(arch, old)), Side(new, resolve(arch, new))
+
+
+def divergence(events, arch, old, new, cls, op=None):
+    o, n = sides(arch, old, new)
+    divs = run_trace(events, arch, o, n, load_known()).divergences
+    d = next(d for d in divs if d.cls == cls and (op is None or d.op == op))
+    return d, o, n
+
+
+def cells(svg: str) -> dict[str, dict[int, str]]:
+    """row label -> {first gfn of the cell: state}, from the data- attributes."""
+    rows: dict[str, dict[int, str]] = {}
+    for el in ET.fromstring(svg).iter(SVG_NS + "rect"):
+        if "data-row" in el.attrib:
+            rows.setdefault(el.attrib["data-row"], {})[int(el.attrib["data-gfn"], 16)] = el.attrib["data-state"]
+    return rows
+
+
+def arm64_unaligned_unmap():
+    # v5.12 arm64 unmap of [HVA+0x800, HVA+P+0x800): the walk covers one page, the range touches two
+    ev = [slot(0, 0, 0x100, 16, HVA), host(HVA, 16, 0x5000)] + fault(0, 0x100) + fault(0, 0x101)
+    return ev + [InvalidateRangeStart(HVA + 0x800, HVA + P + 0x800)]
+
+
+def mips_past_end():
+    # MIPS hands its inclusive-end flush the exclusive end gfn: one gfn past the range
+    ev = [slot(0, 2, 0x400, 16, HVA), host(HVA, 16, 0x5000)] + fault(0, 0x400) + fault(0, 0x401)
+    return ev + [InvalidateRangeStart(HVA, HVA + P), InvalidateRangeEnd(HVA, HVA + P)]
+
+
+def test_missed_last_page_is_one_red_cell_per_row():
+    ev = arm64_unaligned_unmap()
+    d, o, n = divergence(ev, "arm64", "v5.12", "v5.13", "missed-invalidation")
+    rows = cells(picture.render_svg(ev, d, "arm64", o, n))
+    assert rows["reference"][0x100] == rows["reference"][0x101] == "ref"
+    assert rows["reference"][0x102] == "slot" and rows["reference"][0xff] == "none"
+    for row in ("old v5.12 walker", "old v5.12 zapped"):
+        assert rows[row][0x100] == "ok" and rows[row][0x101] == "missed"
+        assert list(rows[row].values()).count("missed") == 1
+    for row in ("new v5.13 walker", "new v5.13 zapped"):
+        assert "missed" not in rows[row].values() and "extra" not in rows[row].values()
+        assert rows[row][0x100] == rows[row][0x101] == "ok"
+
+
+def test_gfn_past_end_is_one_orange_cell_and_flushes_are_drawn():
+    ev = mips_past_end()
+    d, o, n = divergence(ev, "mips", "v5.12", "v5.13", "gfn-set-mismatch", "invalidate_range_start")
+    assert d.shape == "one-gfn-past-end"
+    svg = picture.render_svg(ev, d, "mips", o, n)
+    rows = cells(svg)
+    for side in ("old v5.12", "new v5.13"):
+        walker = rows[f"{side} walker"]
+        assert walker[0x400] == "ok" and walker[0x401] == "extra"
+        assert [g for g, s in walker.items() if s == "extra"] == [0x401]
+        assert rows[f"{side} zapped"][0x401] == "extra"       # the mapped page after the range is zapped too
+        assert set(rows[f"{side} flush"].values()) <= {"ok", "flush"} and "ok" in rows[f"{side} flush"].values()
+    assert "kvm_flush_remote_tlbs" in svg or "by " in svg
+
+
+def test_hva_aliasing_is_stacked_and_both_address_spaces_drawn():
+    # x86 SMM: as0 and as1 slots backed by the same hvas; the range reaches both
+    ev = [slot(0, 0, 0x100, 4, HVA), slot(1, 0, 0x900, 4, HVA), host(HVA, 4, 0x5000)]
+    ev += fault(0, 0x101) + fault(1, 0x901)
+    ev += [InvalidateRangeStart(HVA + P, HVA + 2 * P), InvalidateRangeEnd(HVA + P, HVA + 2 * P)]
+    o, n = sides("x86-shadow", "v5.12", "v5.13")
+    d = Divergence("warning", "old", ev[7].op, "drawn-for-the-test", 7, "any event can be drawn")
+    svg = picture.render_svg(ev, d, "x86-shadow", o, n)
+    root = ET.fromstring(svg)
+    bars = {el.attrib["data-slot"]: float(el.attrib["y"]) for el in root.iter(SVG_NS + "rect")
+            if "data-slot" in el.attrib}
+    assert set(bars) == {"as0/slot0", "as1/slot0"} and bars["as0/slot0"] != bars["as1/slot0"]
+    assert "hva aliased with as1/slot0" in svg
+    rows = cells(svg)
+    assert rows["reference"][0x101] == "ref" and rows["reference"][0x901] == "ref"
+    assert rows["new v5.13 zapped"][0x101] == "ok" and rows["new v5.13 zapped"][0x901] == "ok"
+
+
+def test_long_runs_are_collapsed_but_edges_stay_single_cells():
+    ev = [slot(0, 0, 0x1000, 1024, HVA), host(HVA, 1024, 0x50000)] + fault(0, 0x13ff)
+    ev += [InvalidateRangeStart(HVA, HVA + 1024 * P + 0x10)]
+    o, n = sides("arm64", "v5.12", "v5.13")
+    d = Divergence("warning", "old", ev[-1].op, "drawn-for-the-test", len(ev) - 1, "any event can be drawn")
+    svg = picture.render_svg(ev, d, "arm64", o, n)
+    root = ET.fromstring(svg)
+    ref = [el.attrib for el in root.iter(SVG_NS + "rect") if el.attrib.get("data-row") == "reference"]
+    assert len(ref) < 20                       # 1024 gfns do not make 1024 cells
+    widths = {int(a["data-gfn"], 16): int(a["data-gfns"]) for a in ref}
+    assert widths[0x1000] == 1 and widths[0x13ff] == 1 and max(widths.values()) > 100
+    assert sum(widths.values()) == 0x1401 - 0xfff
+
+
+def test_event_index_outside_the_trace_is_a_one_line_error():
+    ev = arm64_unaligned_unmap()
+    d, o, n = divergence(ev, "arm64", "v5.12", "v5.13", "missed-invalidation")
+    d.event_index = 99
+    with pytest.raises(ValueError, match=r"event_index 99 is outside the trace of 7 events"):
+        picture.render_svg(ev, d, "arm64", o, n)
+
+
+def test_write_pictures_writes_svg_and_html_beside_it(tmp_path):
+    ev = arm64_unaligned_unmap()
+    d, o, n = divergence(ev, "arm64", "v5.12", "v5.13", "missed-invalidation")
+    d.trace = ev
+    job = Job("arm64", o, n, 1.0, 0, tmp_path)
+    path = picture.write_pictures(d, job, tmp_path, stem="abc")
+    assert path == tmp_path / "arm64" / "abc.svg"
+    html = (tmp_path / "arm64" / "abc.html").read_text()
+    assert path.read_text() in html and d.signature in html
+    assert sorted(p.name for p in (tmp_path / "arm64").iterdir()) == ["abc.html", "abc.svg"]
+
+
+# ----- the page in a real browser ------------------------------------------------------------
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def screenshot(html: Path, png: Path, tmp: Path, size=(1400, 1000)) -> None:
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={tmp / 'chromium-profile'}", f"--screenshot={png}",
+           f"--window-size={size[0]},{size[1]}", html.as_uri()]
+    subprocess.run(cmd, capture_output=True, timeout=90, check=False)
+    assert png.is_file(), "chromium wrote no screenshot"
+
+
+def read_png(path: Path) -> tuple[int, int, list[bytes]]:
+    """8-bit RGB/RGBA PNG -> (width, height, rows of pixel bytes), standard library only."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    pos, idat, hdr = 8, b"", None
+    while pos < len(data):
+        n, kind = struct.unpack(">I4s", data[pos:pos + 8])
+        body = data[pos + 8:pos + 8 + n]
+        if kind == b"IHDR":
+            hdr = struct.unpack(">IIBBBBB", body)
+        elif kind == b"IDAT":
+            idat += body
+        pos += 12 + n
+    w, h, depth, ctype, _, _, interlace = hdr
+    assert depth == 8 and ctype in (2, 6) and interlace == 0, hdr
+    bpp = 3 if ctype == 2 else 4
+    raw = zlib.decompress(idat)
+    stride = w * bpp
+    rows, prev = [], bytearray(stride)
+    for y in range(h):
+        f = raw[y * (stride + 1)]
+        line = bytearray(raw[y * (stride + 1) + 1:(y + 1) * (stride + 1)])
+        for i in range(stride):
+            a = line[i - bpp] if i >= bpp else 0
+            b, c = prev[i], prev[i - bpp] if i >= bpp else 0
+            if f == 1:
+                line[i] = (line[i] + a) & 255
+            elif f == 2:
+                line[i] = (line[i] + b) & 255
+            elif f == 3:
+                line[i] = (line[i] + (a + b) // 2) & 255
+            elif f == 4:
+                p = a + b - c
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                line[i] = (line[i] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 255
+        rows.append(bytes(line))
+        prev = line
+    return w, h, [bytes(r[i:i + 3]) for r in rows for i in range(0, stride, bpp)]
+
+
+def rgb(colour: str) -> bytes:
+    return bytes.fromhex(colour.lstrip("#"))
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)")
+def test_run_finds_mips_off_by_one_and_its_picture_shows_the_extra_gfn(tmp_path):
+    # a real run: MIPS v5.12 vs v5.13 finds the known inclusive-end off-by-one within a second
+    o, n = sides("mips", "v5.12", "v5.13")
+    job = Job("mips", o, n, 1.5, 1, tmp_path / "out", GenConfig(address_space_num=1), minimize_seconds=1.0)
+    res = run_job(job, load_known())
+    doc = report.build([res], 1, res.seconds)
+    report.validate_report(doc)
+    past_end = [d for d in doc["divergences"]
+                if d["class"] == "gfn-set-mismatch" and d["shape"] == "one-gfn-past-end"]
+    assert past_end and all(d["known"] for d in past_end)
+    d = past_end[0]
+    svg = Path(d["picture"]).read_text()
+    extra = [(r, g) for r, row in cells(svg).items() for g, s in row.items() if s == "extra"]
+    assert extra, "the gfn past the end is drawn as an extra cell"
+
+    html = Path(d["picture"]).with_suffix(".html")
+    png = tmp_path / "shot.png"
+    screenshot(html, png, tmp_path)
+    w, h, pixels = read_png(png)
+    counts: dict[bytes, int] = {}
+    for px in pixels:
+        counts[px] = counts.get(px, 0) + 1
+    background = max(counts, key=counts.get)
+    assert background == b"\xff\xff\xff"
+    assert w * h - counts[background] > 20000, "the page is all background"
+    cell = (picture.CELL_W - 4) * (picture.CELL_H - 2)          # inner area of one cell, in pixels
+    assert counts.get(rgb(picture.EXTRA), 0) >= cell * len(extra) // 2, "no extra (orange) cell visible"
+    assert counts.get(rgb(picture.COLOURS["ok"]), 0) >= cell, "no ok (green) cell visible"
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)")
+def test_show_html_of_a_missed_page_shows_a_red_cell(tmp_path):
+    ev = arm64_unaligned_unmap()
+    o, n = sides("arm64", "v5.12", "v5.13")
+    res = run_trace(ev, "arm64", o, n, load_known(), keep_observations=True)
+    page = tmp_path / "show.html"
+    page.write_text(report.show_html(ev, res, "arm64", o, n))
+    png = tmp_path / "show.png"
+    screenshot(page, png, tmp_path, (1400, 900))
+    _, _, pixels = read_png(png)
+    red = sum(px == rgb(picture.MISSED) for px in pixels)
+    cell = (picture.CELL_W - 4) * (picture.CELL_H - 2)
+    # missed 0x101 in the old walker, zapped and flush rows: three red cells
+    assert red >= 3 * cell
