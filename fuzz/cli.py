@@ -3,6 +3,7 @@
     memslot-fuzz list
     memslot-fuzz run --arch NAME|all --old V --new V --max-time S --seed N --report FILE.json
     memslot-fuzz replay PATH...
+    memslot-fuzz ci --mode code-change|batch|prune --seconds N --jobs K
     memslot-fuzz show TRACE.json [--arch NAME --old V --new V] [--html OUT.html]
 
 Exit codes: 0 nothing outside the known list (or replay matched), 1 a new divergence (or a
@@ -24,7 +25,8 @@ from impls.registry import ModelLoadError
 from oracles.triage import KnownListError, load_known
 
 from . import corpus, report
-from .engine import Job, console_progress, run_job
+from .engine import Job, JobResult, console_progress, run_job
+from .hypothesis_engine import run_hypothesis
 from .generate import GenConfig
 from .parallel import run_parallel
 from .runner import CandidateError, Side, check_well_formed, run_trace
@@ -78,7 +80,12 @@ def cmd_run(args) -> int:
     started = time.monotonic()
     seen: set[str] = set()
     for job in jobs:
-        if args.jobs > 1:
+        job.engine = args.engine
+        if args.engine == "atheris":
+            res = run_with_atheris(job, args, known)
+        elif args.engine == "hypothesis":
+            res = run_hypothesis(job, known, None if args.quiet else console_progress, seen)
+        elif args.jobs > 1:
             res = run_parallel(job, args.jobs, known, args.quiet)
         else:
             res = run_job(job, known, None if args.quiet else console_progress, seen)
@@ -92,6 +99,37 @@ def cmd_run(args) -> int:
         write_atomic(Path(args.report), json.dumps(doc, indent=2) + "\n")
     report.print_summary(doc, sys.stdout)
     return 1 if doc["totals"]["new_divergences"] else 0
+
+
+def run_with_atheris(job: Job, args, known) -> JobResult:
+    """One architecture under libFuzzer: warm-started from corpus/seeds and corpus/<arch>."""
+    from . import atheris_engine
+    root = Path(__file__).resolve().parent.parent / "corpus"
+    label = f"{job.arch} {job.old.name}..{job.new.name}"
+    run = atheris_engine.run_atheris_stats(
+        job.arch, job.old.name, job.new.name, job.max_time, job.out_dir, jobs=args.jobs,
+        seed_dirs=[root / "seeds", root / job.arch], max_events=args.max_events,
+        aligned_only=args.aligned_only, minimize_seconds=args.minimize_seconds, save_known=True,
+        progress=None if args.quiet else atheris_engine.console_progress(label))
+    res = JobResult(job, events=run.events, traces=run.execs, seconds=run.seconds,
+                    interrupted=run.interrupted)
+    for d, path in atheris_engine.load_results(run.paths, known):
+        if d.signature not in res.saved:
+            res.saved[d.signature] = path
+            res.divergences.append(d)
+    return res
+
+
+def cmd_ci(args) -> int:
+    from . import atheris_engine, ci_modes
+    arches = None if args.arch == "all" else [registry.check_arch(args.arch)]
+    try:
+        res = ci_modes.ci_mode(args.mode, args.seconds, args.jobs, arches, args.old, args.new,
+                               Path(args.state), Path(args.out), quiet=args.quiet)
+    except (ci_modes.CiError, atheris_engine.TargetConfigError) as e:
+        raise UsageError(str(e)) from None
+    ci_modes.print_summary(res)
+    return 1 if res.failed else 0
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -145,9 +183,16 @@ def cmd_show(args) -> int:
     return 1 if any(not d.known for d in res.divergences) else 0
 
 
+class Parser(argparse.ArgumentParser):
+    """Usage errors as one line naming what is wrong (argparse prints the whole usage)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: {message} (see {self.prog.split()[0]} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="memslot-fuzz", description=__doc__.split("\n\n")[0])
-    sub = p.add_subparsers(dest="cmd", required=True)
+    p = Parser(prog="memslot-fuzz", description=__doc__.split("\n\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=Parser)
     sub.add_parser("list", help="architectures and versions")
     r = sub.add_parser("run", help="fuzz old against new")
     r.add_argument("--arch", default="all", help="architecture name, or all (default)")
@@ -160,10 +205,23 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--max-events", type=int, default=40, help="longest generated trace")
     r.add_argument("--aligned-only", action="store_true", help="page-aligned notifier ranges only")
     r.add_argument("--minimize-seconds", type=float, default=10.0, help="time limit per minimization")
+    r.add_argument("--engine", choices=["random", "hypothesis", "atheris"], default="random",
+                   help="random (default: seeded generator + trace minimizer), hypothesis (its "
+                        "shrinker minimizes), atheris (coverage-guided libFuzzer, for long runs)")
     r.add_argument("--jobs", type=int, default=1, help="worker processes per architecture")
     r.add_argument("--stop-on-new", action="store_true",
                    help="stop an architecture's run at its first divergence not on the known list")
     r.add_argument("--quiet", action="store_true", help="no progress lines")
+    c = sub.add_parser("ci", help="CI slices without Docker: code-change, batch, prune (atheris)")
+    c.add_argument("--mode", required=True, choices=["code-change", "batch", "prune"])
+    c.add_argument("--seconds", type=float, default=None, help="in all (default per mode)")
+    c.add_argument("--jobs", type=int, default=1)
+    c.add_argument("--arch", default="all")
+    c.add_argument("--old", default=registry.DEFAULT_OLD)
+    c.add_argument("--new", default=registry.DEFAULT_NEW)
+    c.add_argument("--state", default="memslot-fuzz-out/ci", help="libFuzzer corpora kept between CI runs")
+    c.add_argument("--out", default="memslot-fuzz-out", help="directory for divergence traces")
+    c.add_argument("--quiet", action="store_true")
     rp = sub.add_parser("replay", help="replay corpus entries; fail if one shows something else")
     rp.add_argument("paths", nargs="+")
     s = sub.add_parser("show", help="a trace as a timeline of both sides against the reference")
@@ -182,9 +240,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cmd == "run" and args.max_time <= 0:
             raise UsageError("--max-time must be positive")
-        if args.cmd == "run" and not 1 <= args.jobs <= 64:
+        if args.cmd in ("run", "ci") and not 1 <= args.jobs <= 64:
             raise UsageError("--jobs must be between 1 and 64")
-        return {"list": cmd_list, "run": cmd_run, "replay": cmd_replay, "show": cmd_show}[args.cmd](args)
+        return {"list": cmd_list, "run": cmd_run, "replay": cmd_replay, "show": cmd_show,
+                "ci": cmd_ci}[args.cmd](args)
     except (ModelLoadError, CandidateError, TraceError, KnownListError, UsageError, report.ReportError) as e:
         print(f"memslot-fuzz: {e}", file=sys.stderr)
         return 2

@@ -32,6 +32,7 @@ class Job:
     gen: GenConfig = field(default_factory=GenConfig)
     minimize_seconds: float = 10.0
     stop_on_new: bool = False        # end the job at the first divergence not on the known list
+    engine: str = "random"           # random | hypothesis | atheris | exhaustive (for reports)
 
 
 @dataclass

@@ -42,7 +42,7 @@ def run_parallel(job: Job, jobs: int, known: list[KnownEntry], quiet: bool = Fal
     procs = []
     for k in range(jobs):
         sub = Job(job.arch, job.old, job.new, job.max_time, job.seed + k * SEED_STRIDE, job.out_dir,
-                  job.gen, job.minimize_seconds, job.stop_on_new)
+                  job.gen, job.minimize_seconds, job.stop_on_new, job.engine)
         p = ctx.Process(target=_worker, args=(k, sub, known, results, progress), daemon=True)
         p.start()
         procs.append(p)

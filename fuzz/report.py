@@ -48,7 +48,7 @@ def build(results, seed: int, seconds: float, pictures: bool = True, reach: bool
     divs, runs = [], []
     for res in results:
         j = res.job
-        runs.append({"arch": j.arch, "old": j.old.name, "new": j.new.name, "engine": "random",
+        runs.append({"arch": j.arch, "old": j.old.name, "new": j.new.name, "engine": getattr(j, "engine", "random"),
                      "seed": j.seed, "events": res.events, "traces": res.traces,
                      "seconds": round(res.seconds, 3), "interrupted": res.interrupted,
                      "aligned_only": bool(getattr(getattr(j, "gen", None), "aligned_only", False))})

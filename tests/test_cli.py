@@ -137,3 +137,25 @@ def test_aligned_only_run_sends_page_aligned_ranges_only(tmp_path):
     doc = json.loads(report.read_text())
     assert rc == 0 and doc["divergences"]
     assert all(d["reachability"] == "aligned" for d in doc["divergences"])
+
+
+@pytest.mark.parametrize("engine", ["hypothesis", "atheris"])
+def test_other_engines_catch_the_off_by_one(tmp_path, engine):
+    cand = tmp_path / "my_patch.py"
+    cand.write_text(OFF_BY_ONE)
+    report = tmp_path / "r.json"
+    rc = run_cli("run", "--arch", "x86-shadow", "--old", "v5.13", "--new", f"{cand}:OffByOne",
+                 "--engine", engine, "--max-time", 12, "--seed", 1, "--report", report,
+                 "--out", tmp_path / "out", "--quiet", "--minimize-seconds", 3)
+    doc = json.loads(report.read_text())
+    new = [d for d in doc["divergences"] if not d["known"]]
+    assert rc == 1 and new and all(d["wrong_side"] == "new" for d in new)
+    assert doc["runs"][0]["engine"] == engine
+    assert min(len(d["trace"]["events"]) for d in new) <= 6
+
+
+def test_usage_errors_are_one_line(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["ci", "--mode", "nightly"])
+    err = capsys.readouterr().err.strip()
+    assert e.value.code == 2 and "\n" not in err and "invalid choice: 'nightly'" in err

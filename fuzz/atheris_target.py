@@ -1,0 +1,151 @@
+#!/usr/bin/env python3
+"""memslot-fuzz atheris target: libFuzzer owns argv, MEMSLOT_FUZZ_* variables configure it.
+
+    MEMSLOT_FUZZ_ARCH=x86-shadow MEMSLOT_FUZZ_OLD=v5.12 MEMSLOT_FUZZ_NEW=v5.13 \\
+    MEMSLOT_FUZZ_OUT=out fuzz/atheris_target.py -max_total_time=60 CORPUS_DIR corpus/seeds
+
+Each input is decoded to a trace (fuzz.atheris_engine.decode: a JSON trace as itself, other
+bytes through the domain-aware generator), run on both sides against the reference oracle.  A
+divergence that is not on the known list is minimized (MEMSLOT_FUZZ_MINIMIZE_SECONDS), saved
+atomically as a corpus entry under $MEMSLOT_FUZZ_OUT/<arch>/, and only then raised, so libFuzzer
+sees a crash.  The variables are listed in fuzz/atheris_engine.py.  Bad configuration: one
+line on stderr, exit 2.
+"""
+import contextlib
+import io
+import os
+import sys
+from pathlib import Path
+
+if not getattr(sys, "frozen", False):          # run from a checkout: make the packages importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import atheris  # noqa: E402
+
+
+class DivergenceFound(Exception):
+    """A divergence not on the known list: libFuzzer's crash."""
+
+
+def _instrument_candidate(cls) -> None:
+    """Candidates loaded from a file bypass the import hook: instrument their own functions."""
+    import inspect
+    for klass in cls.__mro__:
+        if klass.__module__.startswith(("impls.", "oracles.", "fuzz.", "builtins")):
+            continue
+        for value in vars(klass).values():
+            if inspect.isfunction(value):
+                atheris.instrument_func(value)
+
+
+def _setup():
+    # Instrument first: every module of the models, oracles and fuzz/ must be imported for the
+    # first time inside instrument_imports, or it is not instrumented.
+    instrument = os.environ.get("MEMSLOT_FUZZ_INSTRUMENT", "") or "imports"
+    if instrument == "imports":
+        with contextlib.redirect_stderr(io.StringIO()):       # "INFO: Instrumenting <module>"
+            with atheris.instrument_imports(include=["impls", "oracles", "fuzz"]):
+                import fuzz.atheris_engine  # noqa: F401
+    from fuzz.atheris_engine import TargetConfig, TargetConfigError
+    try:
+        cfg = TargetConfig.from_env(argv0=sys.argv[0])
+    except TargetConfigError as e:
+        print(f"memslot-fuzz-atheris: {e}", file=sys.stderr)
+        sys.exit(2)
+
+    def load():
+        from fuzz import atheris_engine, corpus, engine, minimize, runner, trace  # noqa: F401
+        from fuzz.runner import Side
+        from impls import registry
+        from oracles import compare, reference, triage  # noqa: F401
+        old = Side(cfg.old, registry.resolve(cfg.arch, cfg.old))
+        new = Side(cfg.new, registry.resolve(cfg.arch, cfg.new))
+        return old, new, triage.load_known()
+
+    try:
+        if cfg.instrument == "imports":
+            with contextlib.redirect_stderr(io.StringIO()):
+                with atheris.instrument_imports(include=["impls", "oracles", "fuzz"]):
+                    old, new, known = load()
+        else:
+            old, new, known = load()
+        for side in (old, new):
+            side.make()                       # a constructor that raises is a config error
+            if cfg.instrument == "imports":
+                _instrument_candidate(side.cls)
+        if cfg.instrument == "all":
+            atheris.instrument_all()
+    except Exception as e:                    # ModelLoadError, CandidateError, KnownListError
+        print(f"memslot-fuzz-atheris: {cfg.arch} {cfg.old} vs {cfg.new}: {e}", file=sys.stderr)
+        sys.exit(2)
+    return cfg, old, new, known
+
+
+def main() -> None:
+    cfg, old, new, known = _setup()
+    from fuzz import corpus
+    from fuzz.atheris_engine import decode, saved_signatures
+    from fuzz.engine import Job, minimized
+    from fuzz.mutator import mutate
+    from fuzz.runner import run_trace
+
+    gen = cfg.gen_config(old.cls.address_space_num)
+    job = Job(cfg.arch, old, new, 0.0, 0, cfg.out_dir, gen, minimize_seconds=cfg.minimize_seconds)
+    handled: set[str] = saved_signatures(cfg.out_dir, cfg.arch, cfg.old, cfg.new) if cfg.skip_saved else set()
+
+    def save(d, events) -> Path:
+        if cfg.minimize_seconds > 0:
+            d = minimized(events[:d.event_index + 1], job, known, d, cfg.minimize_seconds)
+        else:
+            d.trace = events[:d.event_index + 1]
+        shown = [x.signature for x in run_trace(d.trace, cfg.arch, old, new, known).divergences]
+        entry = corpus.CorpusEntry(cfg.arch, cfg.old, cfg.new, shown, d.trace,
+                                   note=f"found by memslot-fuzz atheris: {d.signature}")
+        path = corpus.save(entry, cfg.out_dir)
+        if cfg.manifest:
+            fd = os.open(cfg.manifest, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            try:
+                os.write(fd, f"{path.resolve()}\t{d.signature}\n".encode())
+            finally:
+                os.close(fd)
+        return path
+
+    import time
+    stats = {"events": 0, "traces": 0, "start": time.monotonic(), "tick": time.monotonic()}
+
+    def test_one_input(data: bytes) -> None:
+        events = decode(data, gen)
+        res = run_trace(events, cfg.arch, old, new, known)
+        stats["events"] += res.events
+        stats["traces"] += 1
+        now = time.monotonic()
+        if now - stats["tick"] >= 5.0:
+            stats["tick"] = now
+            secs = now - stats["start"]
+            print(f"memslot-fuzz-atheris: stats {stats['events']} events in {stats['traces']} traces, "
+                  f"{secs:.1f}s ({stats['events'] / secs:.0f} events/s)", file=sys.stderr, flush=True)
+        for d in res.divergences:
+            if d.signature in handled:
+                continue
+            if d.known:
+                if cfg.save_known:
+                    handled.add(d.signature)
+                    save(d, events)
+                continue
+            path = save(d, events)              # on disk before libFuzzer hears of it
+            if cfg.skip_saved:
+                handled.add(d.signature)
+            print(f"memslot-fuzz-atheris: NEW {d.signature} ({d.wrong_side} wrong, "
+                  f"event {d.event_index}: {d.detail}) -> {path}", file=sys.stderr, flush=True)
+            raise DivergenceFound(f"{d.signature}: saved to {path}")
+
+    def custom_mutator(data: bytes, max_size: int, seed: int) -> bytes:
+        return mutate(data, max_size, seed, gen, byte_mutate=atheris.Mutate)
+
+    kwargs = {"custom_mutator": custom_mutator} if cfg.mutator else {}
+    atheris.Setup(sys.argv, test_one_input, **kwargs)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main()

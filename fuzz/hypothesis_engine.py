@@ -1,0 +1,70 @@
+"""`memslot-fuzz run --engine hypothesis`: the same generator driven by hypothesis, whose own
+shrinker minimizes each finding (then the trace-level minimizer, as for every engine).  Each round asks `hypothesis.find` for a trace that shows a
+signature not seen yet; the smallest such trace comes back, its divergences are saved and
+reported, and the next round looks for something else, until the time is up.
+"""
+from __future__ import annotations
+
+import time
+
+from hypothesis import HealthCheck, Phase, find, settings
+from hypothesis.errors import NoSuchExample
+
+from oracles.triage import KnownEntry
+
+from .engine import Job, JobResult, Progress, minimized, save_divergence
+from .generate import traces
+from .runner import run_trace
+
+ROUND_EXAMPLES = 300       # a round lasts about a second; time is checked between rounds
+
+
+def run_hypothesis(job: Job, known: list[KnownEntry], progress: Progress | None = None,
+                   seen: set[str] | None = None) -> JobResult:
+    res = JobResult(job)
+    seen = set() if seen is None else seen
+    start = time.monotonic()
+    stats = {"events": 0, "traces": 0}
+
+    def shows_something_new(events) -> bool:
+        # pure in `events` (seen only changes between rounds): hypothesis needs a stable predicate
+        r = run_trace(events, job.arch, job.old, job.new, known)
+        stats["events"] += r.events
+        stats["traces"] += 1
+        return any(d.signature not in seen for d in r.divergences)
+
+    try:
+        while time.monotonic() - start < job.max_time:
+            try:
+                small = find(traces(job.gen), shows_something_new,
+                             settings=settings(max_examples=ROUND_EXAMPLES, deadline=None, database=None,
+                                               phases=[Phase.generate, Phase.shrink],
+                                               suppress_health_check=list(HealthCheck)))
+            except NoSuchExample:
+                res.events, res.traces = stats["events"], stats["traces"]
+                res.seconds = time.monotonic() - start
+                if progress:
+                    progress(res, "tick")
+                continue
+            for d in run_trace(small, job.arch, job.old, job.new, known).divergences:
+                if d.signature in seen:
+                    continue
+                seen.add(d.signature)
+                # hypothesis shrank the generator's choices; now shrink the trace itself
+                d = minimized(small[:d.event_index + 1], job, known, d,
+                              max(2.0, min(job.minimize_seconds, job.max_time - (time.monotonic() - start))))
+                res.saved[d.signature] = save_divergence(d, job, known)
+                res.divergences.append(d)
+                if progress:
+                    progress(res, "found")
+            res.events, res.traces = stats["events"], stats["traces"]
+            res.seconds = time.monotonic() - start
+            if progress:
+                progress(res, "tick")
+            if job.stop_on_new and any(not d.known for d in res.divergences):
+                break
+    except KeyboardInterrupt:
+        res.interrupted = True
+    res.events, res.traces = stats["events"], stats["traces"]
+    res.seconds = time.monotonic() - start
+    return res

@@ -1,0 +1,265 @@
+"""A trace-level custom mutator for libFuzzer (atheris' custom_mutator hook).
+
+`mutate(data, max_size, seed)` decodes the input to a trace (fuzz.atheris_engine.decode), applies
+one structural mutation chosen by `seed`, and re-encodes it as a JSON trace:
+
+    insert     a new event (fault, access, notifier pair, aging, change_pte, slot update) aimed
+               at a slot edge
+    delete     an event (a start with its end, a fault begin with its commit)
+    duplicate  an event (pairs are duplicated as pairs, a fault under a fresh id)
+    snap       a notifier range edge or hva onto a slot edge: +-0, one page or one byte
+    alias      point a slot's userspace_addr at another slot's (or add a slot that does)
+    split      one slot into two adjacent slots (same gfn and hva ranges in all)
+
+The result is always well formed (fuzz.runner.check_well_formed) and fits max_size, or the
+mutator falls back: to libFuzzer's own byte mutation when one is given and the input is raw
+bytes, else to the input unchanged.
+"""
+from __future__ import annotations
+
+import dataclasses
+import random
+from typing import Callable
+
+from .atheris_engine import decode, encode, json_trace
+from .generate import GenConfig
+from .runner import check_well_formed
+from .trace import (ChangePte, ClearFlushYoung, ClearYoung, Event, FaultBegin, FaultCommit,
+                    GuestAccess, InvalidateRangeEnd, InvalidateRangeStart,
+                    SetMemoryRegion, TestYoung, TraceError)
+
+P = 4096
+MUTATIONS = ("insert", "delete", "duplicate", "snap", "alias", "split")
+RANGE_TYPES = (InvalidateRangeStart, ClearFlushYoung, ClearYoung)
+
+
+@dataclasses.dataclass
+class _Slot:
+    as_id: int
+    id: int
+    gpa: int
+    size: int
+    hva: int
+
+
+def slots_of(events: list[Event]) -> list[_Slot]:
+    """Every slot layout the trace ever asks for (refused updates included: their edges are
+    just as interesting)."""
+    seen: dict[tuple, _Slot] = {}
+    for ev in events:
+        if isinstance(ev, SetMemoryRegion) and ev.memory_size:
+            s = _Slot(ev.as_id, ev.slot, ev.guest_phys_addr, ev.memory_size, ev.userspace_addr)
+            seen[(s.as_id, s.gpa, s.size, s.hva)] = s
+    return list(seen.values())
+
+
+def _partner(events: list[Event], i: int) -> int | None:
+    ev = events[i]
+    if isinstance(ev, InvalidateRangeStart):
+        for j in range(i + 1, len(events)):
+            e = events[j]
+            if isinstance(e, InvalidateRangeEnd) and (e.start, e.end) == (ev.start, ev.end):
+                return j
+    elif isinstance(ev, InvalidateRangeEnd):
+        for j in range(i - 1, -1, -1):
+            e = events[j]
+            if isinstance(e, InvalidateRangeStart) and (e.start, e.end) == (ev.start, ev.end):
+                return j
+    elif isinstance(ev, FaultBegin):
+        for j in range(i + 1, len(events)):
+            if isinstance(events[j], FaultCommit) and events[j].fault == ev.fault:
+                return j
+    elif isinstance(ev, FaultCommit):
+        for j in range(i - 1, -1, -1):
+            if isinstance(events[j], FaultBegin) and events[j].fault == ev.fault:
+                return j
+    return None
+
+
+def _edge(rng: random.Random, slots: list[_Slot]) -> int:
+    s = rng.choice(slots)
+    base = rng.choice([s.hva, s.hva + s.size, s.hva + s.size - P,
+                       s.hva + rng.randrange(max(1, s.size // P)) * P])
+    return max(0, base + rng.choice([0, 0, P, -P, 1, -1]))
+
+
+def _gfn(rng: random.Random, slots: list[_Slot]) -> tuple[int, int]:
+    s = rng.choice(slots)
+    npages = max(1, s.size // P)
+    return s.as_id, s.gpa // P + rng.choice([0, npages - 1, rng.randrange(npages), npages])
+
+
+def _next_fault(events: list[Event]) -> int:
+    return 1 + max((e.fault for e in events if isinstance(e, (FaultBegin, FaultCommit))), default=-1)
+
+
+def _insert(rng: random.Random, events: list[Event]) -> list[Event]:
+    slots = slots_of(events)
+    if not slots:
+        return events
+    out = list(events)
+    i = rng.randint(0, len(out))
+    kind = rng.choice(["fault", "access", "invalidate", "age", "cow", "slot"])
+    if kind == "fault":
+        as_id, gfn = _gfn(rng, slots)
+        n = _next_fault(out)
+        j = rng.randint(i, len(out))
+        out[j:j] = [FaultCommit(n)]
+        out[i:i] = [FaultBegin(n, as_id, gfn, rng.random() < 0.4)]
+    elif kind == "access":
+        as_id, gfn = _gfn(rng, slots)
+        out[i:i] = [GuestAccess(as_id, gfn, rng.random() < 0.3)]
+    elif kind == "invalidate":
+        a, b = sorted((_edge(rng, slots), _edge(rng, slots)))
+        j = rng.randint(i, len(out))
+        out[j:j] = [InvalidateRangeEnd(a, b, True)]
+        out[i:i] = [InvalidateRangeStart(a, b, rng.random() < 0.8)]
+    elif kind == "age":
+        op = rng.choice([ClearFlushYoung, ClearYoung, TestYoung])
+        if op is TestYoung:
+            out[i:i] = [TestYoung(_edge(rng, slots))]
+        else:
+            a, b = sorted((_edge(rng, slots), _edge(rng, slots)))
+            out[i:i] = [op(a, b)]
+    elif kind == "cow":
+        hva = _edge(rng, slots)
+        page = hva - hva % P
+        pfn = 0x80000 + rng.randrange(0x1000)
+        out[i:i] = [InvalidateRangeStart(page, page + P, True), ChangePte(hva, pfn, rng.random() < 0.3),
+                    InvalidateRangeEnd(page, page + P, True)]
+    else:
+        s = rng.choice(slots)
+        change = rng.choice(["delete", "move", "flags"])
+        size = 0 if change == "delete" else s.size
+        gpa = s.gpa + (s.size if change == "move" else 0)
+        out[i:i] = [SetMemoryRegion(s.as_id, s.id, int(change == "flags"), gpa, size, s.hva)]
+    return out
+
+
+def _delete(rng: random.Random, events: list[Event]) -> list[Event]:
+    if not events:
+        return events
+    i = rng.randrange(len(events))
+    j = _partner(events, i)
+    return [e for k, e in enumerate(events) if k != i and k != j]
+
+
+def _duplicate(rng: random.Random, events: list[Event]) -> list[Event]:
+    if not events:
+        return events
+    i = rng.randrange(len(events))
+    j = _partner(events, i)
+    if j is not None and j < i:
+        i, j = j, i
+    ev = events[i]
+    out = list(events)
+    if isinstance(ev, FaultBegin) and j is not None:
+        n = _next_fault(events)
+        out.insert(j + 1, FaultCommit(n))
+        out.insert(i + 1, dataclasses.replace(ev, fault=n))
+    elif isinstance(ev, InvalidateRangeStart) and j is not None:
+        out.insert(j + 1, events[j])
+        out.insert(i + 1, ev)
+    elif isinstance(ev, (FaultBegin, FaultCommit, InvalidateRangeEnd)):
+        return events           # an unpaired one: duplicating it cannot be well formed
+    else:
+        out.insert(i + 1, ev)
+    return out
+
+
+def _snap(rng: random.Random, events: list[Event]) -> list[Event]:
+    slots = slots_of(events)
+    idx = [i for i, e in enumerate(events) if isinstance(e, RANGE_TYPES + (ChangePte, TestYoung))]
+    if not slots or not idx:
+        return events
+    i = rng.choice(idx)
+    ev = events[i]
+    s = rng.choice(slots)
+    edge = max(0, rng.choice([s.hva, s.hva + s.size]) + rng.choice([0, P, -P, 1, -1]))
+    out = list(events)
+    if isinstance(ev, (ChangePte, TestYoung)):
+        out[i] = dataclasses.replace(ev, hva=edge)
+        return out
+    start, end = (edge, ev.end) if rng.random() < 0.5 else (ev.start, edge)
+    start, end = min(start, end), max(start, end)
+    if isinstance(ev, InvalidateRangeStart):
+        j = _partner(events, i)
+        if j is not None:
+            out[j] = dataclasses.replace(events[j], start=start, end=end)
+    out[i] = dataclasses.replace(ev, start=start, end=end)
+    return out
+
+
+def _alias(rng: random.Random, events: list[Event]) -> list[Event]:
+    creates = [i for i, e in enumerate(events) if isinstance(e, SetMemoryRegion) and e.memory_size]
+    if not creates:
+        return events
+    src = events[rng.choice(creates)]
+    others = [i for i in creates if events[i].userspace_addr != src.userspace_addr]
+    out = list(events)
+    if others and rng.random() < 0.7:
+        i = rng.choice(others)
+        out[i] = dataclasses.replace(events[i], userspace_addr=src.userspace_addr)
+        return out
+    # a new slot over the same host range, GPA right after the highest slot of its address space
+    used = {(e.as_id, e.slot) for e in events if isinstance(e, SetMemoryRegion)}
+    as_id = src.as_id
+    sid = max(s for a, s in used if a == as_id) + 1
+    top = max(e.guest_phys_addr + e.memory_size for e in events
+              if isinstance(e, SetMemoryRegion) and e.as_id == as_id)
+    pos = rng.randint(creates[0] + 1, len(events))
+    out.insert(pos, SetMemoryRegion(as_id, sid, 0, top, src.memory_size, src.userspace_addr))
+    return out
+
+
+def _split(rng: random.Random, events: list[Event]) -> list[Event]:
+    creates = [i for i, e in enumerate(events)
+               if isinstance(e, SetMemoryRegion) and e.memory_size >= 2 * P and e.memory_size % P == 0]
+    if not creates:
+        return events
+    i = rng.choice(creates)
+    ev = events[i]
+    npages = ev.memory_size // P
+    k = rng.choice([1, npages - 1, rng.randint(1, npages - 1)])
+    used = {e.slot for e in events if isinstance(e, SetMemoryRegion) and e.as_id == ev.as_id}
+    first = dataclasses.replace(ev, memory_size=k * P)
+    second = dataclasses.replace(ev, slot=max(used) + 1, guest_phys_addr=ev.guest_phys_addr + k * P,
+                                 memory_size=(npages - k) * P, userspace_addr=ev.userspace_addr + k * P)
+    return events[:i] + [first, second] + events[i + 1:]
+
+
+_APPLY = {"insert": _insert, "delete": _delete, "duplicate": _duplicate, "snap": _snap,
+          "alias": _alias, "split": _split}
+
+
+def mutate_events(events: list[Event], rng: random.Random, kind: str | None = None) -> list[Event]:
+    """One structural mutation (`kind`, or a random one); the result may equal the input."""
+    return _APPLY[kind or rng.choice(MUTATIONS)](rng, list(events))
+
+
+def _well_formed(events: list[Event]) -> bool:
+    try:
+        check_well_formed(events)
+    except TraceError:
+        return False
+    return bool(events)
+
+
+def mutate(data: bytes, max_size: int, seed: int, cfg: GenConfig | None = None,
+           byte_mutate: Callable[[bytes, int], bytes] | None = None) -> bytes:
+    """libFuzzer custom mutator: a structurally mutated JSON trace of at most max_size bytes,
+    well formed, or a fallback (see the module docstring)."""
+    rng = random.Random(seed)
+    is_json = json_trace(data) is not None
+    if byte_mutate is not None and not is_json and rng.random() < 0.5:
+        return byte_mutate(data, max_size)      # keep the raw-bytes path explored too
+    events = decode(data, cfg)
+    for _ in range(4):                          # a mutation that changes nothing: try another
+        cand = mutate_events(events, rng)
+        if cand != events and _well_formed(cand):
+            out = encode(cand)
+            if len(out) <= max_size:
+                return out
+    if byte_mutate is not None and not is_json:
+        return byte_mutate(data, max_size)
+    return data[:max_size]

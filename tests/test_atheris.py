@@ -1,0 +1,209 @@
+"""The atheris engine: bytes decode to well-formed traces, JSON traces decode to themselves,
+the trace mutator keeps traces well formed, and a real libFuzzer run of the target script
+finds a seeded off-by-one and leaves its trace on disk."""
+import json
+import os
+import random
+import subprocess
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fuzz import corpus
+from fuzz.atheris_engine import (TARGET, BytesSource, TargetConfig, TargetConfigError, decode,
+                                 encode, json_trace, run_atheris, target_env)
+from fuzz.ci_modes import CiError, ci_mode
+from fuzz.generate import GenConfig, RandomSource, generate
+from fuzz.mutator import MUTATIONS, mutate, mutate_events, slots_of
+from fuzz.runner import Side, check_well_formed, run_trace
+from fuzz.trace import InvalidateRangeEnd, InvalidateRangeStart
+from impls import registry
+from oracles.triage import load_known
+
+atheris = pytest.importorskip("atheris")
+
+REPO = Path(__file__).resolve().parent.parent
+SEEDS = sorted((REPO / "corpus" / "seeds").glob("*.json"))
+OFF_BY_ONE = '''
+from impls.x86_shadow import X86ShadowV5_13
+
+class OffByOne(X86ShadowV5_13):
+    """A patch whose gfn handler also zaps the gfn after the range."""
+    def kvm_unmap_gfn_range(self, range):
+        range.end += 1
+        return super().kvm_unmap_gfn_range(range)
+'''
+
+
+# ----- decoder ----------------------------------------------------------------------------
+@settings(max_examples=150)
+@given(st.binary(max_size=400))
+def test_any_bytes_decode_to_a_well_formed_trace(data):
+    events = decode(data)
+    check_well_formed(events)
+    assert events and events[0].op == "host_map"       # the generator maps host memory first
+    assert decode(data) == events                       # deterministic
+
+
+def test_bytes_source_reads_choices_in_range_and_bottoms_out():
+    src = BytesSource(bytes([0xff, 0x12, 0x34]))
+    assert src.int(0, 9) == 0xff % 10                   # one byte for ten values
+    assert src.int(0, 0xffff) == 0x1234                 # two bytes for 65536
+    assert src.int(5, 5) == 5                           # no byte for one value
+    assert src.int(3, 7) == 3                           # exhausted: the lowest value
+    different = {tuple(decode(bytes([i]) * 64)) for i in range(0, 256, 17)}
+    assert len(different) > 5                           # the bytes steer the generator
+
+
+@pytest.mark.parametrize("seed", range(25))
+def test_json_traces_decode_to_themselves(seed):
+    events = generate(RandomSource(random.Random(seed)), GenConfig())
+    assert decode(encode(events)) == events
+    assert json_trace(encode(events)) == events
+
+
+@pytest.mark.parametrize("path", SEEDS, ids=[p.stem for p in SEEDS])
+def test_seeds_decode_as_their_traces_and_replay(path):
+    entry = corpus.load(path)                           # a corpus entry too
+    assert decode(path.read_bytes()) == entry.events
+    res = run_trace(entry.events, entry.arch, Side(entry.old, registry.resolve(entry.arch, entry.old)),
+                    Side(entry.new, registry.resolve(entry.arch, entry.new)), load_known())
+    assert sorted(d.signature for d in res.divergences) == sorted(entry.expect)
+    assert path.name in (path.parent / "README.md").read_text()
+
+
+def test_ill_formed_json_falls_back_to_the_generator():
+    bad = {"schema": "memslot-fuzz-trace/1", "events": [
+        {"op": "invalidate_range_end", "start": "0x0", "end": "0x1000"}]}
+    data = json.dumps(bad).encode()
+    assert json_trace(data) is None
+    events = decode(data)
+    check_well_formed(events)
+    assert events != [InvalidateRangeEnd(0, 0x1000)]
+
+
+# ----- mutator ------------------------------------------------------------------------------
+def _inputs():
+    yield from (p.read_bytes() for p in SEEDS)
+    for seed in range(6):
+        yield encode(generate(RandomSource(random.Random(seed)), GenConfig()))
+        yield random.Random(seed).randbytes(200)
+
+
+def test_mutator_output_is_a_well_formed_json_trace():
+    changed = 0
+    for n, data in enumerate(_inputs()):
+        for seed in range(20):
+            out = mutate(data, 1 << 16, seed + 1000 * n)
+            events = json_trace(out)
+            assert events is not None, f"input {n} seed {seed}: not a well-formed JSON trace"
+            changed += events != decode(data)
+    assert changed > 200                                  # it does mutate
+
+
+@pytest.mark.parametrize("kind", MUTATIONS)
+def test_each_mutation_changes_a_seed_and_stays_well_formed(kind):
+    events = corpus.load(REPO / "corpus" / "seeds" / "move-delete-in-use.json").events
+    rng = random.Random(7)
+    outs = [mutate_events(events, rng, kind) for _ in range(30)]
+    for out in outs:
+        check_well_formed(out)
+    assert any(out != events for out in outs)
+    if kind == "split":
+        assert any(len(slots_of(out)) > len(slots_of(events)) for out in outs)
+    if kind == "alias":
+        def aliased(evs):
+            slots = slots_of(evs)
+            return len(slots) - len({x.hva for x in slots})
+        assert any(aliased(out) > aliased(events) for out in outs)
+    if kind == "snap":
+        edges = {e for s in slots_of(events) for base in (s.hva, s.hva + s.size)
+                 for e in (base, base + 1, base - 1, base + 4096, base - 4096)}
+        assert any({getattr(x, "start", None) for x in out} & edges - {getattr(x, "start", None) for x in events}
+                   or {getattr(x, "end", None) for x in out} & edges - {getattr(x, "end", None) for x in events}
+                   or {getattr(x, "hva", None) for x in out} & edges - {getattr(x, "hva", None) for x in events}
+                   for out in outs)
+
+
+def test_mutator_respects_max_size_and_falls_back():
+    data = (REPO / "corpus" / "seeds" / "many-small-slots.json").read_bytes()
+    out = mutate(data, 100, 1)                 # no mutated JSON trace fits in 100 bytes
+    assert len(out) <= 100
+    raw = bytes(range(50))
+    out = mutate(raw, 64, 3, byte_mutate=lambda d, n: b"X" * min(n, 10))
+    assert json_trace(out) is not None or out == b"X" * 10
+
+
+def test_duplicate_keeps_pairs_paired():
+    events = [InvalidateRangeStart(0, 4096), InvalidateRangeEnd(0, 4096)]
+    out = mutate_events(events, random.Random(0), "duplicate")
+    check_well_formed(out)
+    assert out.count(InvalidateRangeStart(0, 4096)) == out.count(InvalidateRangeEnd(0, 4096)) == 2
+
+
+# ----- the target -----------------------------------------------------------------------------
+def test_config_from_env_and_arch_from_program_name():
+    cfg = TargetConfig.from_env({"MEMSLOT_FUZZ_OLD": "v5.13-rc1", "MEMSLOT_FUZZ_MINIMIZE_SECONDS": "0"},
+                                argv0="/out/memslot_ppc_hv_hash.pkg")
+    assert (cfg.arch, cfg.old, cfg.new, cfg.minimize_seconds) == ("ppc-hv-hash", "v5.13-rc1", "v5.13", 0.0)
+    assert TargetConfig.from_env(cfg.to_env()) == cfg
+    with pytest.raises(TargetConfigError, match="MEMSLOT_FUZZ_MAX_EVENTS='many': not an integer"):
+        TargetConfig.from_env({"MEMSLOT_FUZZ_MAX_EVENTS": "many"})
+
+
+def test_target_is_an_executable_script_and_rejects_bad_config_in_one_line(tmp_path):
+    assert os.access(TARGET, os.X_OK) and TARGET.read_text().startswith("#!/usr/bin/env python3\n")
+    cfg = TargetConfig(arch="sparc", out_dir=tmp_path / "out")
+    p = subprocess.run([str(TARGET), "-runs=1"], env=target_env(cfg), cwd=tmp_path,
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2
+    err = p.stderr.strip()
+    assert "unknown arch 'sparc'" in err and "\n" not in err and "Traceback" not in err
+
+
+def test_atheris_run_finds_off_by_one_and_saves_it(tmp_path, monkeypatch):
+    cand = tmp_path / "cand.py"
+    cand.write_text(OFF_BY_ONE)
+    monkeypatch.chdir(tmp_path)
+    paths = run_atheris("x86-shadow", "v5.13", f"{cand}:OffByOne", 10, tmp_path / "out",
+                        tmp_path / "fuzz-corpus", 1, ["-seed=1"])
+    assert paths, "no divergence found"
+    for p in paths:
+        assert p.is_file() and p.parent == tmp_path / "out" / "x86-shadow"
+        entry = corpus.load(p)
+        check_well_formed(entry.events)
+        assert len(entry.events) <= 8                   # minimized in the target before saving
+        got = run_trace(entry.events, "x86-shadow", Side("v5.13", registry.resolve("x86-shadow", "v5.13")),
+                        Side(entry.new, registry.resolve("x86-shadow", entry.new)), load_known()).divergences
+        new = [d for d in got if not d.known]
+        assert new and all(d.wrong_side == "new" for d in new)
+        assert sorted(d.signature for d in got) == sorted(entry.expect)
+    assert any((tmp_path / "fuzz-corpus").iterdir())   # libFuzzer kept its corpus
+    assert not list(tmp_path.glob("crash-*")) and not list(tmp_path.glob("fuzz-*.log"))
+
+
+# ----- CI modes -------------------------------------------------------------------------------
+def test_prune_keeps_one_of_identical_inputs(tmp_path):
+    mine = tmp_path / "ci" / "corpus" / "x86-shadow"
+    mine.mkdir(parents=True)
+    seed = (REPO / "corpus" / "seeds" / "aliased-host-range.json").read_bytes()
+    for i in range(4):
+        (mine / f"copy{i}").write_bytes(seed)
+    res = ci_mode("prune", 30, arches=["x86-shadow"], state_dir=tmp_path / "ci",
+                  out_dir=tmp_path / "out", quiet=True)
+    assert res.runs[0].corpus_before == 4
+    left = list(mine.iterdir())
+    assert len(left) == 1 and left[0].read_bytes() == seed
+    assert not res.paths
+
+
+@pytest.mark.parametrize("args, message", [
+    (("nightly",), "--mode 'nightly'"),
+    (("batch", 0), "--seconds 0: must be positive"),
+    (("batch", 5, 0), "--jobs 0: must be at least 1"),
+])
+def test_ci_mode_rejects_bad_arguments(args, message):
+    with pytest.raises(CiError, match=message.replace("(", r"\(")):
+        ci_mode(*args)
