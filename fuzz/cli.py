@@ -25,7 +25,7 @@ from impls.registry import ModelLoadError
 from oracles.triage import KnownListError, load_known
 
 from . import corpus, report
-from .engine import Job, JobResult, console_progress, run_job
+from .engine import Job, JobResult, console_progress, run_job, save_divergence
 from .hypothesis_engine import run_hypothesis
 from .generate import GenConfig
 from .parallel import run_parallel
@@ -83,6 +83,8 @@ def cmd_run(args) -> int:
         job.engine = args.engine
         if args.engine == "atheris":
             res = run_with_atheris(job, args, known)
+        elif args.engine == "exhaustive":
+            res = run_with_exhaustive(job, args, known)
         elif args.engine == "hypothesis":
             res = run_hypothesis(job, known, None if args.quiet else console_progress, seen)
         elif args.jobs > 1:
@@ -117,6 +119,25 @@ def run_with_atheris(job: Job, args, known) -> JobResult:
         if d.signature not in res.saved:
             res.saved[d.signature] = path
             res.divergences.append(d)
+    return res
+
+
+def run_with_exhaustive(job: Job, args, known) -> JobResult:
+    """Every small layout against every range, within --max-time (the report says how far)."""
+    from . import exhaustive
+    divs, stats = exhaustive.run_exhaustive(
+        job.arch, job.old, job.new, known, max_slots=args.slots, max_pages=args.pages,
+        max_as=args.address_spaces, deadline=time.monotonic() + job.max_time,
+        progress=None if args.quiet else exhaustive.console_progress, max_span=args.max_span,
+        reduce_ranges=not args.all_ranges, jobs=args.jobs, minimize_seconds=args.minimize_seconds)
+    res = JobResult(job, events=stats.events, traces=stats.checks, seconds=stats.seconds,
+                    interrupted=stats.interrupted)
+    for d in divs:
+        res.saved[d.signature] = save_divergence(d, job, known)
+        res.divergences.append(d)
+    done = "complete" if stats.complete else f"complete through {stats.complete_through_slots} slot(s)"
+    print(f"exhaustive {job.arch}: {stats.layouts_done}/{stats.layouts_total} layouts, {stats.checks} checks, "
+          f"{stats.refused} refused by KVM, {done}", file=sys.stderr)
     return res
 
 
@@ -205,9 +226,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--max-events", type=int, default=40, help="longest generated trace")
     r.add_argument("--aligned-only", action="store_true", help="page-aligned notifier ranges only")
     r.add_argument("--minimize-seconds", type=float, default=10.0, help="time limit per minimization")
-    r.add_argument("--engine", choices=["random", "hypothesis", "atheris"], default="random",
+    r.add_argument("--engine", choices=["random", "hypothesis", "atheris", "exhaustive"], default="random",
                    help="random (default: seeded generator + trace minimizer), hypothesis (its "
-                        "shrinker minimizes), atheris (coverage-guided libFuzzer, for long runs)")
+                        "shrinker minimizes), atheris (coverage-guided libFuzzer, for long runs), "
+                        "exhaustive (every small layout against every range, with certainty)")
+    r.add_argument("--slots", type=int, default=3, help="exhaustive: most slots in a layout")
+    r.add_argument("--pages", type=int, default=4, help="exhaustive: most pages in a slot")
+    r.add_argument("--address-spaces", type=int, default=2, help="exhaustive: most address spaces")
+    r.add_argument("--max-span", type=int, default=None, help="exhaustive: hva window in pages")
+    r.add_argument("--all-ranges", action="store_true",
+                   help="exhaustive: do not merge ranges that touch every slot in the same bytes")
     r.add_argument("--jobs", type=int, default=1, help="worker processes per architecture")
     r.add_argument("--stop-on-new", action="store_true",
                    help="stop an architecture's run at its first divergence not on the known list")
