@@ -85,7 +85,7 @@ from typing import Callable, Iterator
 from oracles.compare import Divergence
 from oracles.triage import KnownEntry
 
-from .runner import Side, run_trace
+from .runner import CapturingSide, Side, run_trace
 from .trace import (ChangePte, ClearFlushYoung, ClearYoung, Event, FaultBegin, FaultCommit,
                     HostMap, InvalidateRangeEnd, InvalidateRangeStart, SetMemoryRegion, TestYoung)
 
@@ -312,18 +312,6 @@ def space_size(arch_address_spaces: int, max_slots: int = 3, max_pages: int = 4,
 
 
 # ----- running ---------------------------------------------------------------------------------
-class _CapturingSide(Side):
-    """A Side that keeps the model it made, to snapshot it after the set-up."""
-
-    def __init__(self, side: Side):
-        super().__init__(side.name, side.cls)
-        self.model = None
-
-    def make(self):
-        self.model = super().make()
-        return self.model
-
-
 class _RestoringSide(Side):
     """A Side whose models start where a captured model was: restored from a pickle (or a
     deepcopy, for a model that does not pickle)."""
@@ -398,7 +386,7 @@ def run_layout(layout: Layout, arch: str, old_side: Side, new_side: Side, known:
     then run every check of it.  Divergences carry the full trace (set-up + operation)."""
     res = LayoutResult()
     setup = layout.setup()
-    cap_o, cap_n = _CapturingSide(old_side), _CapturingSide(new_side)
+    cap_o, cap_n = CapturingSide(old_side), CapturingSide(new_side)
     r = run_trace(setup, arch, cap_o, cap_n, known, keep_observations=True)
     for ev, (oo, on) in zip(setup, r.observations):
         if isinstance(ev, SetMemoryRegion) and (oo.error or on.error):

@@ -8,34 +8,11 @@ import dataclasses
 import time
 from typing import Callable
 
-from .runner import check_well_formed
-from .trace import (ClearFlushYoung, ClearYoung, Event, FaultBegin, FaultCommit,
-                    InvalidateRangeEnd, InvalidateRangeStart, TraceError)
+from .runner import well_formed
+from .trace import (ClearFlushYoung, ClearYoung, Event, InvalidateRangeEnd,
+                    InvalidateRangeStart, partner)
 
 P = 4096
-
-
-def _well_formed(events: list[Event]) -> bool:
-    try:
-        check_well_formed(events)
-    except TraceError:
-        return False
-    return True
-
-
-def _partner(events: list[Event], i: int) -> int | None:
-    """Index of the event paired with events[i], if any."""
-    ev = events[i]
-    if isinstance(ev, InvalidateRangeStart):
-        for j in range(i + 1, len(events)):
-            e = events[j]
-            if isinstance(e, InvalidateRangeEnd) and (e.start, e.end) == (ev.start, ev.end):
-                return j
-    if isinstance(ev, FaultBegin):
-        for j in range(i + 1, len(events)):
-            if isinstance(events[j], FaultCommit) and events[j].fault == ev.fault:
-                return j
-    return None
 
 
 def _simpler_values(ev: Event) -> list[Event]:
@@ -66,7 +43,7 @@ def minimize(events: list[Event], fails: Callable[[list[Event]], bool],
 
     def attempt(cand: list[Event]) -> bool:
         nonlocal best
-        if len(cand) > len(best) or not _well_formed(cand):
+        if len(cand) > len(best) or not well_formed(cand):
             return False
         if fails(cand):
             best = cand
@@ -88,7 +65,7 @@ def minimize(events: list[Event], fails: Callable[[list[Event]], bool],
     # 2. pairs: remove a start with its end, a fault begin with its commit
     i = 0
     while i < len(best) and time.monotonic() < deadline:
-        j = _partner(best, i)
+        j = partner(best, i)
         if j is None or not attempt([e for k, e in enumerate(best) if k not in (i, j)]):
             i += 1
     # 3. simpler numbers and flags, event by event (paired ends follow their starts);
@@ -103,7 +80,7 @@ def minimize(events: list[Event], fails: Callable[[list[Event]], bool],
             for simpler in _simpler_values(ev):
                 cand = list(best)
                 cand[i] = simpler
-                j = _partner(best, i)
+                j = partner(best, i)
                 if j is not None and isinstance(ev, InvalidateRangeStart):
                     cand[j] = dataclasses.replace(best[j], start=simpler.start, end=simpler.end)
                 if attempt(cand):

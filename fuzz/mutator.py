@@ -23,10 +23,10 @@ from typing import Callable
 
 from .atheris_engine import decode, encode, json_trace
 from .generate import GenConfig
-from .runner import check_well_formed
+from .runner import well_formed
 from .trace import (ChangePte, ClearFlushYoung, ClearYoung, Event, FaultBegin, FaultCommit,
-                    GuestAccess, InvalidateRangeEnd, InvalidateRangeStart,
-                    SetMemoryRegion, TestYoung, TraceError)
+                    GuestAccess, InvalidateRangeEnd, InvalidateRangeStart, SetMemoryRegion,
+                    TestYoung, partner)
 
 P = 4096
 MUTATIONS = ("insert", "delete", "duplicate", "snap", "alias", "split")
@@ -51,29 +51,6 @@ def slots_of(events: list[Event]) -> list[_Slot]:
             s = _Slot(ev.as_id, ev.slot, ev.guest_phys_addr, ev.memory_size, ev.userspace_addr)
             seen[(s.as_id, s.gpa, s.size, s.hva)] = s
     return list(seen.values())
-
-
-def _partner(events: list[Event], i: int) -> int | None:
-    ev = events[i]
-    if isinstance(ev, InvalidateRangeStart):
-        for j in range(i + 1, len(events)):
-            e = events[j]
-            if isinstance(e, InvalidateRangeEnd) and (e.start, e.end) == (ev.start, ev.end):
-                return j
-    elif isinstance(ev, InvalidateRangeEnd):
-        for j in range(i - 1, -1, -1):
-            e = events[j]
-            if isinstance(e, InvalidateRangeStart) and (e.start, e.end) == (ev.start, ev.end):
-                return j
-    elif isinstance(ev, FaultBegin):
-        for j in range(i + 1, len(events)):
-            if isinstance(events[j], FaultCommit) and events[j].fault == ev.fault:
-                return j
-    elif isinstance(ev, FaultCommit):
-        for j in range(i - 1, -1, -1):
-            if isinstance(events[j], FaultBegin) and events[j].fault == ev.fault:
-                return j
-    return None
 
 
 def _edge(rng: random.Random, slots: list[_Slot]) -> int:
@@ -140,7 +117,7 @@ def _delete(rng: random.Random, events: list[Event]) -> list[Event]:
     if not events:
         return events
     i = rng.randrange(len(events))
-    j = _partner(events, i)
+    j = partner(events, i)
     return [e for k, e in enumerate(events) if k != i and k != j]
 
 
@@ -148,7 +125,7 @@ def _duplicate(rng: random.Random, events: list[Event]) -> list[Event]:
     if not events:
         return events
     i = rng.randrange(len(events))
-    j = _partner(events, i)
+    j = partner(events, i)
     if j is not None and j < i:
         i, j = j, i
     ev = events[i]
@@ -183,7 +160,7 @@ def _snap(rng: random.Random, events: list[Event]) -> list[Event]:
     start, end = (edge, ev.end) if rng.random() < 0.5 else (ev.start, edge)
     start, end = min(start, end), max(start, end)
     if isinstance(ev, InvalidateRangeStart):
-        j = _partner(events, i)
+        j = partner(events, i)
         if j is not None:
             out[j] = dataclasses.replace(events[j], start=start, end=end)
     out[i] = dataclasses.replace(ev, start=start, end=end)
@@ -237,14 +214,6 @@ def mutate_events(events: list[Event], rng: random.Random, kind: str | None = No
     return _APPLY[kind or rng.choice(MUTATIONS)](rng, list(events))
 
 
-def _well_formed(events: list[Event]) -> bool:
-    try:
-        check_well_formed(events)
-    except TraceError:
-        return False
-    return bool(events)
-
-
 def mutate(data: bytes, max_size: int, seed: int, cfg: GenConfig | None = None,
            byte_mutate: Callable[[bytes, int], bytes] | None = None) -> bytes:
     """libFuzzer custom mutator: a structurally mutated JSON trace of at most max_size bytes,
@@ -256,7 +225,7 @@ def mutate(data: bytes, max_size: int, seed: int, cfg: GenConfig | None = None,
     events = decode(data, cfg)
     for _ in range(4):                          # a mutation that changes nothing: try another
         cand = mutate_events(events, rng)
-        if cand != events and _well_formed(cand):
+        if cand != events and well_formed(cand):
             out = encode(cand)
             if len(out) <= max_size:
                 return out

@@ -35,7 +35,7 @@ from impls.kvm import State
 from impls.observation import Observation
 from oracles.compare import Divergence
 from oracles.gfnset import GfnSet
-from oracles.reference import AGE_OPS, Expectation, expect
+from oracles.reference import Expectation, expect
 
 from .runner import Side, apply_event
 from .trace import Event, dumps, notifier_range

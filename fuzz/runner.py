@@ -99,6 +99,14 @@ def check_well_formed(events: list[Event], source: str = "<trace>") -> None:
                 raise TraceError(f"{where}: field end: {ev.end:#x} < start {ev.start:#x}")
 
 
+def well_formed(events: list[Event]) -> bool:
+    try:
+        check_well_formed(events)
+    except TraceError:
+        return False
+    return True
+
+
 @dataclass
 class Side:
     """One side of a comparison: a name for reports and the class to instantiate."""
@@ -110,6 +118,18 @@ class Side:
             return self.cls()
         except Exception as e:
             raise CandidateError(f"model {self.name}: constructor raised {type(e).__name__}: {e}") from None
+
+
+class CapturingSide(Side):
+    """A Side that keeps the last model it made, so a caller can snapshot or inspect it."""
+
+    def __init__(self, side: Side):
+        super().__init__(side.name, side.cls)
+        self.model = None
+
+    def make(self) -> Kvm:
+        self.model = super().make()
+        return self.model
 
 
 @dataclass

@@ -167,6 +167,25 @@ def notifier_range(ev: Event) -> tuple[int, int] | None:
     return None
 
 
+def partner(events: list[Event], i: int) -> int | None:
+    """Index of the event paired with events[i]: an invalidate_range_start and the end that
+    closes it, a fault_begin and its commit (either way round); None if it has none."""
+    ev = events[i]
+    if isinstance(ev, InvalidateRangeStart):
+        return next((j for j in range(i + 1, len(events)) if isinstance(events[j], InvalidateRangeEnd)
+                     and (events[j].start, events[j].end) == (ev.start, ev.end)), None)
+    if isinstance(ev, InvalidateRangeEnd):
+        return next((j for j in range(i - 1, -1, -1) if isinstance(events[j], InvalidateRangeStart)
+                     and (events[j].start, events[j].end) == (ev.start, ev.end)), None)
+    if isinstance(ev, FaultBegin):
+        return next((j for j in range(i + 1, len(events)) if isinstance(events[j], FaultCommit)
+                     and events[j].fault == ev.fault), None)
+    if isinstance(ev, FaultCommit):
+        return next((j for j in range(i - 1, -1, -1) if isinstance(events[j], FaultBegin)
+                     and events[j].fault == ev.fault), None)
+    return None
+
+
 # ----- JSON codec ------------------------------------------------------------------------
 def event_to_json(ev: Event) -> dict:
     d: dict = {"op": ev.op}

@@ -1,5 +1,4 @@
 """Pictures of divergences: the cells of the SVG, and the HTML page in a real headless browser."""
-import os
 import shutil
 import struct
 import subprocess

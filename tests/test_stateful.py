@@ -14,7 +14,7 @@ from hypothesis import Phase, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, initialize, invariant, rule
 
-from fuzz.runner import Side, run_trace
+from fuzz.runner import CapturingSide, Side, run_trace
 from fuzz.trace import (ChangePte, ClearFlushYoung, ClearYoung, FaultBegin, FaultCommit,
                         GuestAccess, HostMap, InvalidateRangeEnd, InvalidateRangeStart,
                         SetMemoryRegion, SyncPage, TestYoung, dumps)
@@ -30,16 +30,6 @@ HVA = 0x7f0000000000
 GFN = 0x100
 PAGES = 12                          # hva window and gfn window, in pages
 EXPLAINS_STRAY_LEAF = {"missed-invalidation", "stale-mapping"}
-
-
-class _Capture(Side):
-    def __init__(self, side: Side):
-        super().__init__(side.name, side.cls)
-        self.model = None
-
-    def make(self):
-        self.model = super().make()
-        return self.model
 
 
 edge = st.builds(lambda page, d: max(0, HVA + page * P + d),
@@ -70,7 +60,7 @@ class NotifierMachine(RuleBasedStateMachine):
     def step(self, new_events):
         before = {k: m.snapshot() for k, m in self.models.items()}
         self.events += new_events
-        cap_o, cap_n = _Capture(self.o), _Capture(self.n)
+        cap_o, cap_n = CapturingSide(self.o), CapturingSide(self.n)
         res = run_trace(self.events, self.arch, cap_o, cap_n, KNOWN)
         self.models = {"old": cap_o.model, "new": cap_n.model}
         first_new = len(self.events) - len(new_events)
