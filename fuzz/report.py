@@ -177,7 +177,7 @@ def print_summary(doc: dict, out: TextIO) -> None:
             files = [f"trace {d['saved'] or '-'}"]
             if d.get("picture"):
                 files.append(f"picture {d['picture']}")
-            print(f"#{i:<3d}" + "  ".join(files), file=out)
+            print(f"#{i:<3d} " + "  ".join(files), file=out)
         print(file=out)
     for r in doc["runs"]:
         print(f"{r['arch']:13s} {r['old']}..{r['new']}: {r['events']} events in {r['traces']} traces, "
