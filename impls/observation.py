@@ -1,5 +1,8 @@
 """What a model reports for one event (design card section 5).
 
+The same fields describe every version (v5.12's hva hooks, v5.13's gfn handlers), so the two
+sides of a comparison are read the same way.
+
 Models fill these in as they run; the oracles compare them.  Every gfn range is half-open
 [start, end) after normalization: a model whose handler consumes an inclusive end, or a
 (gpa, bytes) pair, reports the gfns that handler really touches.
