@@ -52,10 +52,10 @@ class CorpusEntry:
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def save(entry: CorpusEntry, directory: Path) -> Path:
-    """Write the entry atomically under directory/<arch>/<hash>.json; an identical entry
-    already there is left alone.  Returns its path."""
-    target_dir = Path(directory) / entry.arch
+def save(entry: CorpusEntry, directory: Path, by_arch: bool = True) -> Path:
+    """Write the entry atomically as directory/<arch>/<hash>.json (directory/<hash>.json when
+    by_arch is false); an entry already there under that name is left alone.  Returns its path."""
+    target_dir = Path(directory) / entry.arch if by_arch else Path(directory)
     target_dir.mkdir(parents=True, exist_ok=True)
     path = target_dir / f"{entry.content_hash()}.json"
     if path.exists():

@@ -99,24 +99,32 @@ def calls_gfns(obs: Observation) -> GfnSet:
     return GfnSet((c.as_id, c.start, c.end) for c in obs.calls)
 
 
-def stale_leaf(leaf: Leaf, slots: list[Memslot], host: HostPageTable) -> str | None:
-    """Why `leaf` maps something the host does not (None if it agrees with the host)."""
-    slot = next((s for s in slots if s.as_id == leaf.as_id and s.has_gfn(leaf.gfn)), None)
+def stale_leaf(leaf: Leaf, slots: list[Memslot], host: HostPageTable) -> tuple[str, str] | None:
+    """(kind, why) if `leaf` maps something the host does not: kind "outside-memslot" (the leaf
+    reaches gfns its slot does not have) or "pfn" (a gfn maps another pfn than the host)."""
+    # the leaf's own slot: it holds the leaf's first gfn at the hva the leaf was made from
+    slot = next((s for s in slots if s.as_id == leaf.as_id and s.has_gfn(leaf.gfn)
+                 and (leaf.hva < 0 or s.gfn_to_hva(leaf.gfn) == leaf.hva)), None)
     if slot is None:
-        return f"as{leaf.as_id} gfn {leaf.gfn:#x} is mapped but in no memslot"
+        return "outside-memslot", (f"as{leaf.as_id} gfn {leaf.gfn:#x} (from hva {leaf.hva:#x}) is mapped "
+                                   f"but no memslot has that gfn at that hva")
     for i in range(leaf.pages):
         gfn = leaf.gfn + i
         if not slot.has_gfn(gfn):
-            return f"as{leaf.as_id} gfn {gfn:#x} is mapped by a leaf that leaves {slot.describe()}"
+            return "outside-memslot", f"as{leaf.as_id} gfn {gfn:#x} is mapped by a leaf that leaves {slot.describe()}"
         pte = host.lookup(slot.gfn_to_hva(gfn))
         if pte is None or pte.pfn != leaf.pfn + i:
             have = "nothing" if pte is None else f"pfn {pte.pfn:#x}"
-            return (f"as{leaf.as_id} gfn {gfn:#x} maps pfn {leaf.pfn + i:#x} but the host maps "
-                    f"{have} at hva {slot.gfn_to_hva(gfn):#x}")
+            return "pfn", (f"as{leaf.as_id} gfn {gfn:#x} maps pfn {leaf.pfn + i:#x} but the host maps "
+                           f"{have} at hva {slot.gfn_to_hva(gfn):#x}")
     return None
 
 
-def check_side(ev: Event, exp: Expectation | None, side: SideResult) -> list[Finding]:
+def check_side(ev: Event, exp: Expectation | None, side: SideResult,
+               context: frozenset[str] = frozenset()) -> list[Finding]:
+    """What one side did wrong at `ev`.  `context` tags what the trace did before (the runner
+    computes them), so shapes can say why: "bare-change_pte-during-fault" = while this fault
+    was in flight a change_pte came that no open invalidation covered."""
     obs, pre, post = side.obs, side.pre, side.post
     out: list[Finding] = []
     if obs.crashed:
@@ -134,9 +142,16 @@ def check_side(ev: Event, exp: Expectation | None, side: SideResult) -> list[Fin
 
     # stale-mapping: a leaf this event installed or changed maps what the host does not
     for leaf in obs.installed + [after for _, after in obs.changed]:
-        why = stale_leaf(leaf, post.slots, side.host)
-        if why:
-            shape = "fault-installed-stale-pfn" if isinstance(ev, FaultCommit) else f"{ev.op}-left-wrong-pfn"
+        stale = stale_leaf(leaf, post.slots, side.host)
+        if stale:
+            kind, why = stale
+            if kind == "outside-memslot":
+                shape = f"{'fault-installed' if isinstance(ev, FaultCommit) else ev.op}-leaf-outside-memslot"
+            elif isinstance(ev, FaultCommit):
+                shape = "fault-installed-stale-pfn" + (
+                    "-after-bare-change_pte" if "bare-change_pte-during-fault" in context else "")
+            else:
+                shape = f"{ev.op}-left-wrong-pfn" + ("-huge-leaf" if leaf.pages > 1 else "")
             out.append(Finding("stale-mapping", shape, why))
             break
 
@@ -156,7 +171,18 @@ def check_side(ev: Event, exp: Expectation | None, side: SideResult) -> list[Fin
             out.append(Finding("missed-invalidation", "mapping-outside-memslots",
                                f"after invalidate_range_start {g.describe()}, made from hvas in the range "
                                f"but in no memslot that covers them now, still mapped or in the TLB"))
-        if still or cached:
+        kept = [x for x in post.leaves.values() if exp.gfns.intersects(x.as_id, x.gfn, x.gfn_end)]
+
+        def partly_covered_huge(x: Leaf) -> bool:
+            # a huge leaf the range covers only in part, its first gfn outside the range
+            whole = GfnSet([(x.as_id, x.gfn, x.gfn_end)])
+            return x.pages > 1 and (exp.gfns & whole) != whole and (x.as_id, x.gfn) not in exp.gfns
+
+        if still and not (cached - still) and all(partly_covered_huge(x) for x in kept):
+            out.append(Finding("missed-invalidation", "partial-huge-leaf-kept-first-gfn-outside",
+                               f"after invalidate_range_start {still.describe()} still mapped by huge "
+                               f"leaves whose first gfn is outside the range"))
+        elif still or cached:
             left = still | cached
             where = "mapped" if still else "in the TLB"
             if still and cached:
@@ -171,7 +197,8 @@ def check_side(ev: Event, exp: Expectation | None, side: SideResult) -> list[Fin
                 for seg in exp.segments:
                     if seg.as_id == x.as_id and x.gfn <= seg.start < x.gfn_end:
                         if pte is None or x.pfn + (seg.start - x.gfn) != pte.pfn:
-                            out.append(Finding("missed-invalidation", "old-pfn-still-mapped",
+                            out.append(Finding("missed-invalidation",
+                                               "old-pfn-still-mapped" + ("-huge-leaf" if x.pages > 1 else ""),
                                                f"after change_pte as{x.as_id} gfn {seg.start:#x} still maps "
                                                f"pfn {x.pfn + seg.start - x.gfn:#x}"))
                             break
@@ -248,9 +275,10 @@ ONE_SIDED_ONLY = {"lock-without-hit"}   # a shared behaviour of both versions is
 
 
 def compare_event(index: int, ev: Event, exp_old: Expectation | None, old: SideResult,
-                  exp_new: Expectation | None, new: SideResult) -> list[Divergence]:
-    f_old = check_side(ev, exp_old, old)
-    f_new = check_side(ev, exp_new, new)
+                  exp_new: Expectation | None, new: SideResult,
+                  context: frozenset[str] = frozenset()) -> list[Divergence]:
+    f_old = check_side(ev, exp_old, old, context)
+    f_new = check_side(ev, exp_new, new, context)
     out: list[Divergence] = []
     keys_old = {(f.cls, f.shape): f for f in f_old}
     keys_new = {(f.cls, f.shape): f for f in f_new}

@@ -212,7 +212,7 @@ def test_set_spte_inside_block_fails():
         assert m.leaves[(0, 0x200, LEVEL_2M)].pfn == 0x40000
     divs = diverge("arm64", ("v5.12", V12), ("v5.13", V13), ev)
     assert [(d.cls, d.wrong_side, d.shape, d.known) for d in divs] == \
-        [("missed-invalidation", "both", "old-pfn-still-mapped", True)]
+        [("missed-invalidation", "both", "old-pfn-still-mapped-huge-leaf", True)]
 
 
 def test_set_spte_unaligned_hva_reaches_hva_adjacent_slot():
@@ -417,7 +417,7 @@ def test_change_pte_sequence_bump_only_in_v5_12():
     assert [(x.gfn, x.pfn) for x in obs[-1].installed] == [(0x100, 0x5000)]
     divs = diverge("arm64", ("v5.12", V12), ("v5.13", V13), ev)
     assert {(d.cls, d.op, d.wrong_side, d.shape) for d in divs} == {
-        ("stale-mapping", "fault_commit", "new", "fault-installed-stale-pfn"),
+        ("stale-mapping", "fault_commit", "new", "fault-installed-stale-pfn-after-bare-change_pte"),
         ("warning", "change_pte", "new", "WARN_ON_ONCE(!kvm->mmu_notifier_count) in change_pte")}
     assert all(d.known for d in divs)
 

@@ -171,3 +171,27 @@ def test_exhaustive_engine_finds_the_rc1_book3s_hv_bug_with_certainty(tmp_path, 
     assert rc == 0     # known: the fix commits are cited in the known list
     assert "missed-invalidation|ppc-hv-hash|v5.13-rc1|v5.13|invalidate_range_start|old|only-first-gfn" in sigs
     assert "complete" in capsys.readouterr().err
+
+
+def test_replay_update_rewrites_known_expectations_and_refuses_untriaged(tmp_path, capsys):
+    stale = {"schema": "memslot-fuzz-trace/1", "arch": "x86-shadow", "old": "v5.12", "new": "v5.13",
+             "expect": [], "events": [{"op": "test_young", "hva": "0x7f0000100000"}]}
+    entry = tmp_path / "x86-shadow" / "old-name.json"
+    entry.parent.mkdir()
+    entry.write_text(json.dumps(stale))
+    assert run_cli("replay", "--update", tmp_path) == 0
+    files = list((tmp_path / "x86-shadow").glob("*.json"))
+    assert len(files) == 1 and files[0].name != "old-name.json"
+    assert json.loads(files[0].read_text())["expect"] == [
+        "lock-without-hit|x86-shadow|v5.12|v5.13|test_young|old|no-slot-hit"]
+    cand = tmp_path / "my_patch.py"
+    cand.write_text(OFF_BY_ONE)
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({**stale, "old": "v5.13", "new": f"{cand}:OffByOne", "events": [
+        {"op": "host_map", "hva": "0x7f0000000000", "size": "0x10000", "pfn": "0x1000", "page_size": "0x1000", "writable": True},
+        {"op": "set_memory_region", "as_id": 0, "slot": 0, "flags": 0, "guest_phys_addr": "0x100000",
+         "memory_size": "0x4000", "userspace_addr": "0x7f0000000000"},
+        {"op": "invalidate_range_start", "start": "0x7f0000001000", "end": "0x7f0000002000"}]}))
+    capsys.readouterr()
+    assert run_cli("replay", "--update", bad) == 1
+    assert "not updated" in capsys.readouterr().out and bad.exists()

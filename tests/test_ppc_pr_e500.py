@@ -368,6 +368,6 @@ def test_bare_change_pte_during_fault(arch, old, new):
     ev = [slot(0, 0, 0x100, 8, HVA), host(HVA, 8, 0x5000), FaultBegin(1, 0, 0x100),
           ChangePte(HVA, 0x9000), FaultCommit(1)]
     divs = diverge(arch, ("v5.12", old), ("v5.13", new), ev)
-    assert ("stale-mapping", "new", "fault_commit", "fault-installed-stale-pfn") in _sigs(divs)
+    assert ("stale-mapping", "new", "fault_commit", "fault-installed-stale-pfn-after-bare-change_pte") in _sigs(divs)
     assert ("warning", "new", "change_pte", "WARN_ON_ONCE(!kvm->mmu_notifier_count) in change_pte") in _sigs(divs)
     assert all(d.known for d in divs), [d.signature for d in divs if not d.known]

@@ -85,3 +85,13 @@ def test_malformed_traces_name_file_event_and_field(tmp_path, text, message):
 def test_traces_the_kernel_cannot_see_are_rejected(events, message):
     with pytest.raises(TraceError, match=message.replace("(", r"\(").replace(")", r"\)")):
         check_well_formed(events, "x")
+
+
+def test_host_page_changed_without_an_invalidation_is_rejected():
+    fresh = HostMap(0x7f0000000000, 0x4000, 0x1000, 0x1000, True)
+    remap = HostMap(0x7f0000001000, 0x1000, 0x2000, 0x1000, True)
+    check_well_formed([fresh, InvalidateRangeStart(0x7f0000001000, 0x7f0000002000), remap,
+                       InvalidateRangeEnd(0x7f0000001000, 0x7f0000002000)])
+    check_well_formed([fresh, HostMap(0x7f0000010000, 0x1000, 0x3000, 0x1000, True)])   # fresh hvas
+    with pytest.raises(TraceError, match=r"event 1 \(host_map\): field hva: changes the mapped host page 0x7f0000001000"):
+        check_well_formed([fresh, remap], "x")

@@ -314,7 +314,7 @@ def test_divergences_v513rc1_v513_are_known():
     divs = diverge("x86-tdp", ("v5.13-rc1", X86TdpV5_13), ("v5.13", X86TdpV5_13), ev)
     got = {(d.cls, d.op, d.wrong_side, d.shape) for d in divs}
     assert got == {
-        ("missed-invalidation", "change_pte", "both", "old-pfn-still-mapped"),
+        ("missed-invalidation", "change_pte", "both", "old-pfn-still-mapped-huge-leaf"),
         ("warning", "change_pte", "both", "WARN_ON_ONCE(!kvm->mmu_notifier_count) in change_pte"),
     }
     assert all(d.known for d in divs)
