@@ -2,7 +2,10 @@
 engine (well within a minute), minimized to a handful of events, and blamed on the patch."""
 import pytest
 
+from util import HVA, P, diverge, host, slot
+
 from fuzz.engine import Job, run_job
+from fuzz.trace import FaultBegin, FaultCommit, HostMap, InvalidateRangeEnd, InvalidateRangeStart
 from fuzz.generate import GenConfig
 from fuzz.runner import Side
 from impls import registry
@@ -31,3 +34,24 @@ def test_off_by_one_in_any_arch_handler_is_caught(arch, tmp_path):
     assert new, f"{arch}: the off-by-one was not caught"
     assert all(d.wrong_side in ("new", "both") for d in new)
     assert min(len(d.trace) for d in new) <= 8
+
+
+def broken_retry(arch):
+    """The arch's v5.13 model with a fault path that never retries (mmu_notifier_retry* gone)."""
+    base = registry.resolve(arch, "v5.13")
+    return type(f"NoRetry_{base.__name__}", (base,), {"fault_is_stale": lambda self, f: False})
+
+
+@pytest.mark.parametrize("arch", registry.implemented_arches())
+def test_a_broken_retry_check_is_not_hidden_by_the_known_list(arch):
+    # the known list explains stale pfns after a bare change_pte; a fault that ignores a real
+    # invalidation (the mm remaps the page under it) is something else and must come out NEW
+    ev = [host(HVA, 16, 0x1000), slot(0, 0, 0x100, 4, HVA), FaultBegin(1, 0, 0x101),
+          InvalidateRangeStart(HVA + P, HVA + 2 * P), HostMap(HVA + P, P, 0x9000, P, True),
+          InvalidateRangeEnd(HVA + P, HVA + 2 * P), FaultCommit(1)]
+    v513 = ("v5.13", registry.resolve(arch, "v5.13"))
+    # the real fault path retries: against itself only shared, known behaviour shows
+    assert all(d.wrong_side == "both" and d.known for d in diverge(arch, v513, v513, ev))
+    ds = diverge(arch, v513, ("patch.py:NoRetry", broken_retry(arch)), ev)
+    assert [(d.cls, d.wrong_side, d.shape, d.known) for d in ds if d.wrong_side != "both"] == [
+        ("stale-mapping", "new", "fault-installed-stale-pfn", False)]
