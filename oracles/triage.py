@@ -69,8 +69,19 @@ def load_known(directory: Path = KNOWN_DIR) -> list[KnownEntry]:
     return entries
 
 
+def is_candidate(side_name: str) -> bool:
+    """A user's model (file.py:Class or module:Class), not one of our kernel versions."""
+    return ":" in side_name
+
+
 def mark_known(divergences: list[Divergence], known: list[KnownEntry]) -> None:
+    """Mark divergences the known list explains.  The list describes kernel behaviour, so a
+    divergence that blames only a candidate side is never excused by it; what a candidate
+    inherits from our model shows on both sides and is."""
     for d in divergences:
+        blamed = {"old": [d.old], "new": [d.new], "both": [d.old, d.new]}[d.wrong_side]
+        if all(is_candidate(name) for name in blamed):
+            continue
         for k in known:
             if k.matches(d):
                 d.known = True
