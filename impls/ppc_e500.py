@@ -27,10 +27,10 @@ kvm_flush_remote_tlbs) is issued only when the hva range hit a memslot.  Nichola
 asked in review why dropping the unconditional kvm_flush_remote_tlbs was fine.  Age and
 test_age return false.  v5.13-rc1 and v5.13 are identical for e500.
 
-Consequence worth knowing (not visible to the reference oracle, which only looks at gfns of
-slots that exist): booke.c kvmppc_core_flush_memslot is empty, so deleting or moving a slot
-leaves its shadow refs; v5.12 drops them at the next invalidate_range_start whatever its
-range, v5.13 only at one that hits some other memslot.
+Consequence worth knowing (the reference sees it through the hva each leaf was made from):
+booke.c kvmppc_core_flush_memslot is empty, so deleting or moving a slot leaves its shadow
+refs; v5.12 drops them at the next invalidate_range_start whatever its range, v5.13 only at
+one that hits some other memslot (oracles/known/e500.toml: likely a regression).
 
 Arch facts: KVM_ADDRESS_SPACE_NUM 1, KVM_USER_MEM_SLOTS 512, no KVM_MEM_READONLY.
 Page size: 4 KiB (page_shift 12), the BookE default, and the project's choice for every arch.
