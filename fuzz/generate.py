@@ -269,8 +269,14 @@ class _Gen:
             start, end = self.open_ranges.pop(self.src.int(0, len(self.open_ranges) - 1))
             self.events.append(InvalidateRangeEnd(start, end, True))
         elif kind == "cow":
-            # what wp_page_copy / KSM do: start, set_pte_at_notify, end; or change_pte bare
+            # what wp_page_copy / KSM do: start, set_pte_at_notify, end; or change_pte bare.
+            # set_pte_at_notify replaces a present pte: the page must be in a mapped region
             hva = self.edge()
+            if not any(r.hva <= hva < r.hva + r.size for r in self.regions):
+                if not self.regions:
+                    return
+                r = self.src.choice(self.regions)
+                hva = r.hva + self.src.int(0, r.size // P - 1) * P + (hva % P)
             hva_page = hva - hva % P
             pfn = self.next_pfn
             self.next_pfn += 1

@@ -10,7 +10,7 @@ from impls.kvm import Kvm, ModelError
 from impls.machine import HostPte
 from impls.observation import Observation
 from oracles.compare import Divergence, SideResult, compare_event
-from oracles.reference import expect
+from oracles.reference import expect, trace_contexts
 from oracles.triage import KnownEntry, mark_known
 
 from .trace import (ChangePte, ClearFlushYoung, ClearYoung, Event, FaultBegin, FaultCommit,
@@ -107,6 +107,9 @@ def check_well_formed(events: list[Event], source: str = "<trace>") -> None:
                 host_pages.difference_update(pages)
             else:
                 host_pages.update(pages)
+        elif isinstance(ev, ChangePte) and ev.hva >> 12 not in host_pages:
+            raise TraceError(f"{where}: field hva: {ev.hva:#x} is in no mapped host page "
+                             "(set_pte_at_notify only replaces a present pte)")
         if isinstance(ev, (InvalidateRangeStart, InvalidateRangeEnd, ClearFlushYoung, ClearYoung)):
             if ev.start > ev.end:
                 raise TraceError(f"{where}: field end: {ev.end:#x} < start {ev.start:#x}")
@@ -160,27 +163,9 @@ def run_trace(events: list[Event], arch: str, old: Side, new: Side, known: list[
     res = TraceResult()
     seen: set[str] = set()
     dead = {"old": False, "new": False}
-    # a "bare" change_pte: no open invalidation covers its page, which the kernel's mm never
-    # does (set_pte_at_notify runs inside an invalidation of that page); faults in flight
-    # across one are tagged, so the oracle can name that cause in the shape
-    open_ranges: list[tuple[int, int]] = []
-    bare_change_pte_in: set[int] = set()
-    in_flight: set[int] = set()
+    contexts = trace_contexts(events)
     for i, ev in enumerate(events):
-        context: frozenset[str] = frozenset()
-        if isinstance(ev, InvalidateRangeStart):
-            open_ranges.append((ev.start, ev.end))
-        elif isinstance(ev, InvalidateRangeEnd):
-            open_ranges.remove((ev.start, ev.end))
-        elif isinstance(ev, ChangePte) and not any(s <= ev.hva < e for s, e in open_ranges):
-            bare_change_pte_in |= in_flight
-        elif isinstance(ev, FaultBegin):
-            in_flight.add(ev.fault)
-        elif isinstance(ev, FaultCommit):
-            in_flight.discard(ev.fault)
-            if ev.fault in bare_change_pte_in:
-                bare_change_pte_in.discard(ev.fault)
-                context = frozenset({"bare-change_pte-during-fault"})
+        context = contexts[i]
         pre_o, pre_n = m_old.snapshot(), m_new.snapshot()
         obs_o = apply_event(m_old, ev) if not dead["old"] else Observation(ev.op)
         obs_n = apply_event(m_new, ev) if not dead["new"] else Observation(ev.op)

@@ -82,10 +82,10 @@ class Arm64Mmu(Kvm):
         self.obs.note = f"{self.obs.note}; {text}" if self.obs.note else text
 
     # ----- flushes ----------------------------------------------------------------------
-    def kvm_flush_remote_tlbs(self) -> None:
+    def kvm_flush_remote_tlbs(self, origin: str = "kvm_flush_remote_tlbs") -> None:
         # v5.12 arch/arm64/kvm/mmu.c kvm_flush_remote_tlbs: one hyp call invalidating the
         # whole VMID; no vCPU requests and tlbs_dirty is never used on arm64
-        self.flush_tlb_all("kvm_flush_remote_tlbs (__kvm_tlb_flush_vmid)")
+        self.flush_tlb_all(f"{origin} (__kvm_tlb_flush_vmid)")
 
     # ----- page-table helpers -------------------------------------------------------------
     def has_last_level_table(self, as_id: int, gfn: int) -> bool:

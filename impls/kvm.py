@@ -139,13 +139,22 @@ class Kvm:
             self.tlb.fill(leaf)
 
     # ----- TLB flushes ----------------------------------------------------------------------
-    def kvm_flush_remote_tlbs(self) -> None:
+    def kvm_flush_remote_tlbs(self, origin: str = "kvm_flush_remote_tlbs") -> None:
         # v5.12 virt/kvm/kvm_main.c kvm_flush_remote_tlbs: snapshot tlbs_dirty, request a
         # flush on every vCPU (they have flushed when it returns), then cmpxchg tlbs_dirty to 0
         dirty_count = self.tlbs_dirty
-        self.flush_tlb_all("kvm_flush_remote_tlbs")
+        self.kvm_vcpu_flush_tlb(origin)
         if self.tlbs_dirty == dirty_count:
             self.tlbs_dirty = 0
+
+    def kvm_vcpu_flush_tlb(self, origin: str) -> None:
+        """What every vCPU does for KVM_REQ_TLB_FLUSH: drop its TLB.  An arch whose request
+        handler also drops shadow mappings (Book3S PR, e500) overrides this."""
+        self.flush_tlb_all(origin)
+
+    def zap_all_leaves(self) -> None:
+        for leaf in sorted(self.leaves.values(), key=lambda x: (x.as_id, x.gfn)):
+            self.zap_leaf(leaf)
 
     def flush_tlb_all(self, origin: str) -> None:
         self.tlb.flush_all()
@@ -318,8 +327,7 @@ class Kvm:
 
     def kvm_arch_flush_shadow_all(self) -> None:
         # what most arches do at release: drop every mapping and flush
-        for leaf in list(self.leaves.values()):
-            self.zap_leaf(leaf)
+        self.zap_all_leaves()
         self.flush_tlb_all("kvm_arch_flush_shadow_all")
 
     # ----- snapshot ----------------------------------------------------------------------

@@ -190,10 +190,7 @@ class MipsV5_12(MipsMmu, KvmMainV5_12):
         # v5.12 arch/mips/kvm/vz.c kvm_vz_flush_shadow_all (and trap_emul.c
         # kvm_trap_emul_flush_shadow_all): kvm_flush_remote_tlbs, after marking every CPU in
         # asid_flush_mask on VZ without GuestID; a full flush either way
-        dirty_count = self.tlbs_dirty
-        self.flush_tlb_all("flush_shadow_all")
-        if self.tlbs_dirty == dirty_count:
-            self.tlbs_dirty = 0
+        self.kvm_flush_remote_tlbs("flush_shadow_all")
 
     def kvm_unmap_hva_range(self, start: int, end: int, flags: int) -> int:
         # v5.12 arch/mips/kvm/mmu.c kvm_unmap_hva_range: flags ignored, flush_shadow_all
@@ -238,13 +235,11 @@ class MipsV5_12(MipsMmu, KvmMainV5_12):
 
 
 class MipsV5_13(MipsMmu, KvmMainV5_13):
-    """MIPS with the v5.13 gfn handlers (Sean's MIPS conversion on top of Paolo's flush rework)."""
+    """MIPS with the v5.13 gfn handlers (Sean's MIPS conversion on top of Paolo's flush rework).
 
-    def kvm_flush_remote_tlbs(self) -> None:
-        # v5.13 arch/mips/kvm/mips.c kvm_arch_flush_remote_tlb: prepare_flush_shadow (VZ
-        # without GuestID marks asid_flush_mask) and answer 1, so the generic all-vCPU flush
-        # request follows: one full flush
-        super().kvm_flush_remote_tlbs()
+    Flushes are the generic kvm_flush_remote_tlbs: v5.13 arch/mips/kvm/mips.c
+    kvm_arch_flush_remote_tlb runs prepare_flush_shadow and answers 1, so the all-vCPU request
+    follows: one full flush."""
 
     def kvm_unmap_gfn_range(self, range: KvmGfnRange) -> bool:
         # v5.13 arch/mips/kvm/mmu.c kvm_unmap_gfn_range: exclusive end into the inclusive

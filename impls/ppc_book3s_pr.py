@@ -67,16 +67,12 @@ class PpcPrMmu(Kvm):
                 self.zap_leaf(leaf)
                 self.flush_tlb_range(leaf.as_id, leaf.gfn, leaf.gfn_end, "kvmppc_mmu_invalidate_pte")
 
-    def kvm_flush_remote_tlbs(self) -> None:
+    def kvm_vcpu_flush_tlb(self, origin: str) -> None:
         # v5.12 arch/powerpc/kvm/book3s_pr.c kvmppc_core_check_requests_pr: PR uses
         # KVM_REQ_TLB_FLUSH to empty the whole shadow HPTE cache (kvmppc_mmu_pte_flush(vcpu, 0, 0)).
         # No notifier path of either version asks for it (every hook returns 0 / false).
-        dirty_count = self.tlbs_dirty
-        for leaf in sorted(self.leaves.values(), key=lambda x: x.gfn):
-            self.zap_leaf(leaf)
-        self.flush_tlb_all("kvm_flush_remote_tlbs")
-        if self.tlbs_dirty == dirty_count:
-            self.tlbs_dirty = 0
+        self.zap_all_leaves()
+        super().kvm_vcpu_flush_tlb(origin)
 
     def kvm_arch_flush_shadow_memslot(self, slot: Memslot) -> None:
         # v5.12 arch/powerpc/kvm/book3s_pr.c kvmppc_core_flush_memslot_pr: empty, the shadow

@@ -9,8 +9,8 @@ only way to drop shadow state is the whole-VM request KVM_REQ_TLB_FLUSH, which e
 handles (booke.c kvmppc_core_check_requests) with kvmppc_core_flush_tlb: invalidate all of
 its host TLB entries (kvmppc_e500_tlbil_all), release every ref (clear_tlb_privs) and clear
 the TLB1 maps.  So a kvm_flush_remote_tlbs() on e500 drops every shadow mapping of the VM
-and its hardware TLB entries; the model does that in kvm_flush_remote_tlbs: zap every leaf,
-then flush_tlb_all.
+and its hardware TLB entries; the model does that in kvm_vcpu_flush_tlb (the request
+handler): zap every leaf, then flush the TLB.
 
 Normalized view: one leaf per guest page with a valid shadow ref (all vCPUs folded).
 
@@ -59,16 +59,11 @@ class E500Mmu(Kvm):
     max_level = LEVEL_4K             # large TLB1 backings not modelled
     uses_retry_hva = False           # kvmppc_e500_shadow_map uses mmu_notifier_retry
 
-    def kvm_flush_remote_tlbs(self) -> None:
-        # v5.12 virt/kvm/kvm_main.c kvm_flush_remote_tlbs -> KVM_REQ_TLB_FLUSH, handled by
-        # v5.12 arch/powerpc/kvm/e500_mmu_host.c kvmppc_core_flush_tlb: host TLB invalidated,
-        # every shadow ref released, TLB1 maps cleared, on every vCPU
-        dirty_count = self.tlbs_dirty
-        for leaf in sorted(self.leaves.values(), key=lambda x: (x.as_id, x.gfn)):
-            self.zap_leaf(leaf)
-        self.flush_tlb_all("kvm_flush_remote_tlbs")
-        if self.tlbs_dirty == dirty_count:
-            self.tlbs_dirty = 0
+    def kvm_vcpu_flush_tlb(self, origin: str) -> None:
+        # v5.12 arch/powerpc/kvm/booke.c kvmppc_core_check_requests -> e500_mmu_host.c
+        # kvmppc_core_flush_tlb: host TLB invalidated, every shadow ref released, TLB1 maps cleared
+        self.zap_all_leaves()
+        super().kvm_vcpu_flush_tlb(origin)
 
     def kvm_arch_flush_shadow_memslot(self, slot: Memslot) -> None:
         # v5.12 arch/powerpc/kvm/booke.c kvmppc_core_flush_memslot: empty, shadow refs of the

@@ -133,8 +133,7 @@ class X86ShadowMmu(Kvm):
     def kvm_arch_flush_shadow_all(self) -> None:
         # v5.12 arch/x86/kvm/x86.c kvm_arch_flush_shadow_all -> kvm_mmu_zap_all (flushes)
         self.mmu_lock()
-        for leaf in list(self.leaves.values()):
-            self.zap_leaf(leaf)
+        self.zap_all_leaves()
         self.kvm_flush_remote_tlbs()
         self.mmu_unlock()
 

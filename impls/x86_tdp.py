@@ -94,20 +94,13 @@ class X86TdpMmu(X86ShadowMmu):
         self.obs.note = "not modelled on this arch"
 
     # ----- flushes -----------------------------------------------------------------------------
-    def remote_flush(self, origin: str) -> None:
-        # v5.12 virt/kvm/kvm_main.c kvm_flush_remote_tlbs, labelled with the TDP caller
-        dirty_count = self.tlbs_dirty
-        self.flush_tlb_all(origin)
-        if self.tlbs_dirty == dirty_count:
-            self.tlbs_dirty = 0
-
     def flush_with_address(self, gfn: int, pages: int, origin: str) -> None:
         # v5.12 arch/x86/kvm/mmu/mmu.c kvm_flush_remote_tlbs_with_address: a ranged flush only
         # with Hyper-V's hook, otherwise a full kvm_flush_remote_tlbs
         if self.hyperv_range_flush:
             self.flush_tlb_range(None, gfn, gfn + pages, origin)
         else:
-            self.remote_flush(origin)
+            self.kvm_flush_remote_tlbs(origin)
 
     # ----- roots -------------------------------------------------------------------------------
     def roots_of(self, as_id: int) -> list[Root]:
@@ -213,7 +206,7 @@ class X86TdpMmu(X86ShadowMmu):
         # v5.12 arch/x86/kvm/mmu/tdp_mmu.c tdp_mmu_iter_cond_resched: flush what is pending,
         # drop and retake mmu_lock, restart the walk from the root (our rule decides when)
         if flush:
-            self.remote_flush("tdp_mmu_iter_cond_resched")
+            self.kvm_flush_remote_tlbs("tdp_mmu_iter_cond_resched")
         self.mmu_unlock()
         self.mmu_lock()
 
@@ -399,7 +392,7 @@ class X86TdpV5_12(X86TdpMmu, X86ShadowV5_12):
         for root in list(self.roots):
             flush = self.zap_gfn_range(root, 0, MAX_GFN, True, flush)
         if flush:
-            self.remote_flush("kvm_tdp_mmu_zap_all")
+            self.kvm_flush_remote_tlbs("kvm_tdp_mmu_zap_all")
 
     def kvm_arch_flush_shadow_memslot(self, slot) -> None:
         # v5.12 arch/x86/kvm/mmu/mmu.c kvm_mmu_invalidate_zap_pages_in_memslot ->
@@ -486,7 +479,7 @@ class X86TdpV5_13(X86TdpMmu, X86ShadowV5_13):
             for root in [r for r in self.roots_of(as_id) if not r.invalid]:
                 flush = self.zap_gfn_range(root, 0, MAX_GFN, True, flush, False)
         if flush:
-            self.remote_flush("kvm_tdp_mmu_zap_all")
+            self.kvm_flush_remote_tlbs("kvm_tdp_mmu_zap_all")
 
     def kvm_arch_flush_shadow_memslot(self, slot) -> None:
         # v5.13 arch/x86/kvm/mmu/mmu.c kvm_mmu_zap_all_fast (4c6654bd160d): mark every root
@@ -500,7 +493,7 @@ class X86TdpV5_13(X86TdpMmu, X86ShadowV5_13):
         for root in invalid:
             flush = self.zap_gfn_range(root, 0, MAX_GFN, True, flush, True)
         if flush:
-            self.remote_flush("kvm_tdp_mmu_zap_invalidated_roots")
+            self.kvm_flush_remote_tlbs("kvm_tdp_mmu_zap_invalidated_roots")
 
 
 MODELS = {"x86-tdp": {

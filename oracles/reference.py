@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 from intervaltree import IntervalTree
 
-from fuzz.trace import (ChangePte, ClearFlushYoung, ClearYoung, Event, InvalidateRangeEnd,
-                        InvalidateRangeStart, TestYoung, notifier_range)
+from fuzz.trace import (ChangePte, ClearFlushYoung, ClearYoung, Event, FaultBegin, FaultCommit,
+                        InvalidateRangeEnd, InvalidateRangeStart, TestYoung, notifier_range)
 from impls.kvm import State
 from impls.machine import Leaf
 
@@ -98,6 +98,35 @@ def expect(ev: Event, pre: State) -> Expectation | None:
     elif isinstance(ev, (ChangePte, InvalidateRangeEnd)):
         pass
     return Expectation(ev.op, segments, gfns, must_unmap, young, must_age)
+
+
+def trace_contexts(events: list[Event]) -> list[frozenset[str]]:
+    """Per event, what the trace did before it that a shape should name.
+
+    "bare-change_pte-during-fault" on a fault_commit: while the fault was in flight a
+    change_pte came that no open invalidation covered, which the kernel's mm never does
+    (set_pte_at_notify runs inside an invalidation of that page)."""
+    out: list[frozenset[str]] = []
+    open_ranges: list[tuple[int, int]] = []
+    in_flight: set[int] = set()
+    tagged: set[int] = set()
+    for ev in events:
+        tags: frozenset[str] = frozenset()
+        if isinstance(ev, InvalidateRangeStart):
+            open_ranges.append((ev.start, ev.end))
+        elif isinstance(ev, InvalidateRangeEnd) and (ev.start, ev.end) in open_ranges:
+            open_ranges.remove((ev.start, ev.end))
+        elif isinstance(ev, ChangePte) and not any(s <= ev.hva < e for s, e in open_ranges):
+            tagged |= in_flight
+        elif isinstance(ev, FaultBegin):
+            in_flight.add(ev.fault)
+        elif isinstance(ev, FaultCommit):
+            in_flight.discard(ev.fault)
+            if ev.fault in tagged:
+                tagged.discard(ev.fault)
+                tags = frozenset({"bare-change_pte-during-fault"})
+        out.append(tags)
+    return out
 
 
 def leaf_gfns(leaves: list[Leaf]) -> GfnSet:

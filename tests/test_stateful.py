@@ -51,6 +51,7 @@ class NotifierMachine(RuleBasedStateMachine):
         self.events = []
         self.models = {"old": self.o.make(), "new": self.n.make()}
         self.found: list = []            # every divergence reported so far
+        self.created: dict = {}          # side -> leaves installed by the latest step
         self.open = 0
         self.next_pfn = 0x20000
         self.next_fault = 0
@@ -61,7 +62,11 @@ class NotifierMachine(RuleBasedStateMachine):
         before = {k: m.snapshot() for k, m in self.models.items()}
         self.events += new_events
         cap_o, cap_n = CapturingSide(self.o), CapturingSide(self.n)
-        res = run_trace(self.events, self.arch, cap_o, cap_n, KNOWN)
+        res = run_trace(self.events, self.arch, cap_o, cap_n, KNOWN, keep_observations=True)
+        # leaves this step created (a fault commit, a set_spte that maps), per side
+        first = len(self.events) - len(new_events)
+        self.created = {side: [leaf for pair in res.observations[first:] for leaf in pair[k].installed]
+                        for k, side in enumerate(("old", "new"))}
         self.models = {"old": cap_o.model, "new": cap_n.model}
         first_new = len(self.events) - len(new_events)
         fresh = [d for d in res.divergences if d.event_index >= first_new]
@@ -165,10 +170,13 @@ class NotifierMachine(RuleBasedStateMachine):
                 f"{name}: mmu_notifier_count {m.mmu_notifier_count}, {self.open} open\n{dumps(self.events)}")
 
     @invariant()
-    def every_leaf_lies_in_a_memslot_or_is_explained(self):
+    def no_leaf_is_created_outside_a_memslot_unless_explained(self):
+        # leaves a memslot delete or move leaves behind are an arch's own behaviour (Book3S
+        # PR, e500: flush_shadow_memslot is empty); the reference checks what that costs when
+        # their hvas are invalidated.  A leaf *made* outside every memslot is another matter.
         for name, m in self.models.items():
             slots = m.memslots.all()
-            for leaf in m.leaves.values():
+            for leaf in getattr(self, "created", {}).get(name, []):
                 inside = any(s.as_id == leaf.as_id and s.base_gfn <= leaf.gfn and leaf.gfn_end <= s.gfn_end
                              for s in slots)
                 if inside:
