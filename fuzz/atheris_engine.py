@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Callable, Mapping
 
 from .generate import GenConfig, Source, generate
-from .runner import check_well_formed
+from .wellformed import check_well_formed
 from .trace import SCHEMA, Event, TraceError, dumps, trace_from_json
 
 TARGET = Path(__file__).resolve().parent / "atheris_target.py"

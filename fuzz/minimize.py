@@ -8,7 +8,7 @@ import dataclasses
 import time
 from typing import Callable
 
-from .runner import well_formed
+from .wellformed import well_formed
 from .trace import (ClearFlushYoung, ClearYoung, Event, InvalidateRangeEnd,
                     InvalidateRangeStart, partner)
 

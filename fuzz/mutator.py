@@ -11,7 +11,7 @@ one structural mutation chosen by `seed`, and re-encodes it as a JSON trace:
     alias      point a slot's userspace_addr at another slot's (or add a slot that does)
     split      one slot into two adjacent slots (same gfn and hva ranges in all)
 
-The result is always well formed (fuzz.runner.check_well_formed) and fits max_size, or the
+The result is always well formed (fuzz.wellformed.check_well_formed) and fits max_size, or the
 mutator falls back: to libFuzzer's own byte mutation when one is given and the input is raw
 bytes, else to the input unchanged.
 """
@@ -23,7 +23,7 @@ from typing import Callable
 
 from .atheris_engine import decode, encode, json_trace
 from .generate import GenConfig
-from .runner import well_formed
+from .wellformed import well_formed
 from .trace import (ChangePte, ClearFlushYoung, ClearYoung, Event, FaultBegin, FaultCommit,
                     GuestAccess, InvalidateRangeEnd, InvalidateRangeStart, SetMemoryRegion,
                     TestYoung, partner)

@@ -15,7 +15,8 @@ from oracles.triage import KnownEntry, mark_known
 
 from .trace import (ChangePte, ClearFlushYoung, ClearYoung, Event, FaultBegin, FaultCommit,
                     GuestAccess, HostMap, InvalidateRangeEnd, InvalidateRangeStart, Release,
-                    SetMemoryRegion, SyncPage, TestYoung, TraceError)
+                    SetMemoryRegion, SyncPage, TestYoung)
+from .wellformed import check_well_formed, well_formed  # noqa: F401  (re-exported)
 
 
 class CandidateError(Exception):
@@ -65,62 +66,6 @@ def apply_event(model: Kvm, ev: Event) -> Observation:
         model.obs.crashed = f"{type(e).__name__}: {e} at {frame.filename}:{frame.lineno} ({frame.name})"
         model.mmu_lock_held = False
     return model.obs
-
-
-def check_well_formed(events: list[Event], source: str = "<trace>") -> None:
-    """What the kernel's mm and vCPUs could never send is an input error, not a divergence.
-    (A change_pte outside an invalidation of its page is allowed on purpose: v5.13 WARNs on it,
-    and the oracle tags what follows from it.)"""
-    open_ranges: list[tuple[int, int]] = []
-    faults: set[int] = set()
-    host_pages: set[int] = set()
-    for i, ev in enumerate(events):
-        where = f"{source}: event {i} ({ev.op})"
-        if isinstance(ev, InvalidateRangeStart):
-            open_ranges.append((ev.start, ev.end))
-        elif isinstance(ev, InvalidateRangeEnd):
-            if (ev.start, ev.end) not in open_ranges:
-                raise TraceError(f"{where}: field start: no open invalidate_range_start for "
-                                 f"[{ev.start:#x}, {ev.end:#x})")
-            open_ranges.remove((ev.start, ev.end))
-        elif isinstance(ev, FaultBegin):
-            if ev.fault in faults:
-                raise TraceError(f"{where}: field fault: fault {ev.fault} is already in progress")
-            faults.add(ev.fault)
-        elif isinstance(ev, FaultCommit):
-            if ev.fault not in faults:
-                raise TraceError(f"{where}: field fault: fault {ev.fault} was not begun")
-            faults.remove(ev.fault)
-        elif isinstance(ev, HostMap):
-            if ev.page_size not in (4096, 2 << 20, 1 << 30):
-                raise TraceError(f"{where}: field page_size: {ev.page_size:#x} is not 4K, 2M or 1G")
-            mask = (ev.page_size if ev.pfn is not None else 4096) - 1
-            if ev.hva & mask or ev.size & mask or (ev.pfn is not None and (ev.pfn << 12) & mask):
-                raise TraceError(f"{where}: field hva: mapping not aligned to its page size {ev.page_size:#x}")
-            # the mm changes or removes a present host page only inside an invalidation of it
-            pages = range(ev.hva >> 12, (ev.hva + ev.size) >> 12)
-            for page in (p for p in pages if p in host_pages):
-                if not any(s <= page << 12 and (page + 1) << 12 <= e for s, e in open_ranges):
-                    raise TraceError(f"{where}: field hva: changes the mapped host page {page << 12:#x} "
-                                     "outside any invalidation of it (the mm always invalidates first)")
-            if ev.pfn is None:
-                host_pages.difference_update(pages)
-            else:
-                host_pages.update(pages)
-        elif isinstance(ev, ChangePte) and ev.hva >> 12 not in host_pages:
-            raise TraceError(f"{where}: field hva: {ev.hva:#x} is in no mapped host page "
-                             "(set_pte_at_notify only replaces a present pte)")
-        if isinstance(ev, (InvalidateRangeStart, InvalidateRangeEnd, ClearFlushYoung, ClearYoung)):
-            if ev.start > ev.end:
-                raise TraceError(f"{where}: field end: {ev.end:#x} < start {ev.start:#x}")
-
-
-def well_formed(events: list[Event]) -> bool:
-    try:
-        check_well_formed(events)
-    except TraceError:
-        return False
-    return True
 
 
 @dataclass
