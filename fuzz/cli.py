@@ -29,8 +29,9 @@ from .engine import Job, JobResult, console_progress, run_job, save_divergence
 from .hypothesis_engine import run_hypothesis
 from .generate import GenConfig
 from .parallel import run_parallel
-from .runner import CandidateError, Side, check_well_formed, run_trace
+from .runner import CandidateError, Side, run_trace
 from .trace import TraceError
+from .wellformed import check_well_formed
 from .trace import load as load_trace
 
 
