@@ -5,20 +5,22 @@
      "note": "why this entry exists",
      "events": [...]}
 
-Files are named by a hash of what they show (arch, versions and the divergence signatures)
-and published atomically without ever replacing a file (written to a temporary name, then
-hard-linked into place): parallel workers that find the same divergence leave exactly one
-file, the first one, and never a partial one.
+A divergence found by a run is saved under a name derived from its signature alone,
+<arch>/<sha256(signature)[:16]>.json (`save_divergence_entry`), published with an exclusive
+create (fuzz/publish.py: written to a temporary name, then hard-linked into place): of all
+the workers and runs that find a signature, whoever saves first leaves the one file for it,
+whatever its minimized trace, and nobody sees a partial file.  Entries saved otherwise (the
+checked-in corpus/, `replay --update`) are named by a hash of what they show (`save`);
+existing names stay valid either way, since loading never looks at the name.
 """
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from .publish import publish_new
 from .trace import SCHEMA, Event, TraceError, event_to_json, trace_from_json
 
 
@@ -54,25 +56,30 @@ class CorpusEntry:
 
 def save(entry: CorpusEntry, directory: Path, by_arch: bool = True) -> Path:
     """Write the entry atomically as directory/<arch>/<hash>.json (directory/<hash>.json when
-    by_arch is false); an entry already there under that name is left alone.  Returns its path."""
+    by_arch is false), named by what it shows; an entry already there under that name is
+    left alone.  Returns its path."""
     target_dir = Path(directory) / entry.arch if by_arch else Path(directory)
-    target_dir.mkdir(parents=True, exist_ok=True)
     path = target_dir / f"{entry.content_hash()}.json"
-    if path.exists():
-        return path
-    fd, tmp = tempfile.mkstemp(dir=target_dir, prefix=".tmp-", suffix=".json")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(entry.dumps())
-            f.flush()
-            os.fsync(f.fileno())
-        try:
-            os.link(tmp, path)          # atomic, and never replaces another worker's file
-        except FileExistsError:
-            pass
-    finally:
-        os.unlink(tmp)
+    publish_new(path, entry.dumps())
     return path
+
+
+def signature_name(signature: str) -> str:
+    """The file name of the one entry a run saves for a divergence signature."""
+    return hashlib.sha256(signature.encode()).hexdigest()[:16] + ".json"
+
+
+def path_for(directory: Path, arch: str, signature: str) -> Path:
+    """Where the entry for `signature` is (or will be) under an output directory."""
+    return Path(directory) / arch / signature_name(signature)
+
+
+def save_divergence_entry(entry: CorpusEntry, directory: Path, signature: str) -> tuple[Path, bool]:
+    """Save `entry` as the one file for `signature` under directory/<arch>/, unless a file
+    for it is there already (saved by another worker or an earlier run: that one stays).
+    Returns (path, True if this call created it)."""
+    path = path_for(directory, entry.arch, signature)
+    return path, publish_new(path, entry.dumps())
 
 
 def load(path: Path) -> CorpusEntry:

@@ -1,6 +1,10 @@
 """The fuzzing loop: generate traces, run both sides, minimize every new divergence
-signature, save it, then report it.  Stops at --max-time or Ctrl-C with everything found
-already on disk.
+signature, save it, then report it.  Stops at --max-time, after --max-traces traces, or on
+SIGINT/SIGTERM (fuzz/lifetime.py) with everything found already on disk.
+
+With `max_traces` the findings are a function of the seed alone: the loop stops after that
+many generated traces and minimization is bounded by attempts, not seconds (max_time stays a
+safety limit; a job it cuts short says so in `stopped_by`).
 """
 from __future__ import annotations
 
@@ -18,7 +22,7 @@ from . import corpus
 from .generate import GenConfig, RandomSource, generate
 from .minimize import minimize
 from .runner import Side, run_trace
-from .trace import Event
+from .trace import Event, TraceError
 
 
 @dataclass
@@ -33,6 +37,8 @@ class Job:
     minimize_seconds: float = 10.0
     stop_on_new: bool = False        # end the job at the first divergence not on the known list
     engine: str = "random"           # random | hypothesis | atheris | exhaustive (for reports)
+    max_traces: int | None = None    # stop after this many traces (reproducible mode)
+    minimize_attempts: int | None = None   # minimization budget in calls, not seconds
 
 
 @dataclass
@@ -44,6 +50,7 @@ class JobResult:
     traces: int = 0
     seconds: float = 0.0
     interrupted: bool = False
+    stopped_by: str = ""             # max-time | max-traces | stop-on-new | interrupted
 
 
 def reproduce(events: list[Event], job: Job, known: list[KnownEntry], signature: str) -> Divergence | None:
@@ -58,18 +65,46 @@ def minimized(events: list[Event], job: Job, known: list[KnownEntry], d: Diverge
     """Minimize the trace of `d` and return the divergence as the minimized trace shows it."""
     sig = d.signature
     small = minimize(events, lambda c: reproduce(c, job, known, sig) is not None,
-                     job.minimize_seconds if seconds is None else seconds)
+                     job.minimize_seconds if seconds is None else seconds,
+                     max_attempts=job.minimize_attempts)
     out = reproduce(small, job, known, sig) or d
     out.trace = small
     return out
 
 
 def save_divergence(d: Divergence, job: Job, known: list[KnownEntry]) -> Path:
-    """On disk before it is reported: the minimized trace with everything it shows."""
+    """On disk before it is reported: the minimized trace with everything it shows, as the one
+    file for d's signature (a file another worker or run saved first is kept)."""
     shown = [x.signature for x in run_trace(d.trace, job.arch, job.old, job.new, known).divergences]
     entry = corpus.CorpusEntry(job.arch, job.old.name, job.new.name, shown, d.trace,
                                note=f"found by memslot-fuzz run (seed {job.seed}): {d.signature}")
-    return corpus.save(entry, job.out_dir)
+    return corpus.save_divergence_entry(entry, job.out_dir, d.signature)[0]
+
+
+def already_saved(d: Divergence, job: Job, known: list[KnownEntry]) -> Divergence | None:
+    """d as the file saved for its signature by another worker or an earlier run shows it
+    (None if there is no such file, or it no longer shows d): no need to minimize again."""
+    path = corpus.path_for(job.out_dir, job.arch, d.signature)
+    if not path.is_file():
+        return None
+    try:
+        entry = corpus.load(path)
+    except TraceError:
+        return None
+    out = reproduce(entry.events, job, known, d.signature)
+    if out is not None:
+        out.trace = entry.events
+    return out
+
+
+def found(events: list[Event], d: Divergence, job: Job, known: list[KnownEntry], res: JobResult,
+          seconds: float | None = None) -> Divergence:
+    """Minimize a divergence met for the first time in this job (unless its file exists
+    already), save it, and add it to res: on disk before anyone is told."""
+    small = already_saved(d, job, known) or minimized(events[:d.event_index + 1], job, known, d, seconds)
+    res.saved[small.signature] = save_divergence(small, job, known)
+    res.divergences.append(small)
+    return small
 
 
 Progress = Callable[[JobResult, str], None]
@@ -77,14 +112,20 @@ Progress = Callable[[JobResult, str], None]
 
 def run_job(job: Job, known: list[KnownEntry], progress: Progress | None = None,
             seen: set[str] | None = None) -> JobResult:
-    """Fuzz one (arch, old, new) pair until max_time (or Ctrl-C)."""
+    """Fuzz one (arch, old, new) pair until max_time, max_traces, or a stop signal."""
     res = JobResult(job)
     seen = set() if seen is None else seen
     rng = random.Random(job.seed)
     start = time.monotonic()
     last_tick = start
     try:
-        while time.monotonic() - start < job.max_time:
+        while True:
+            if job.max_traces is not None and res.traces >= job.max_traces:
+                res.stopped_by = "max-traces"
+                break
+            if time.monotonic() - start >= job.max_time:
+                res.stopped_by = "max-time"
+                break
             events = generate(RandomSource(rng), job.gen)
             r = run_trace(events, job.arch, job.old, job.new, known)
             res.traces += 1
@@ -93,22 +134,24 @@ def run_job(job: Job, known: list[KnownEntry], progress: Progress | None = None,
                 if d.signature in seen:
                     continue
                 seen.add(d.signature)
-                # minimization may run past max_time by a little, never by much
-                budget = max(2.0, min(job.minimize_seconds, job.max_time - (time.monotonic() - start)))
-                d = minimized(events[:d.event_index + 1], job, known, d, budget)
-                res.saved[d.signature] = save_divergence(d, job, known)
-                res.divergences.append(d)
+                budget = None
+                if job.minimize_attempts is None:
+                    # minimization may run past max_time by a little, never by much
+                    budget = max(2.0, min(job.minimize_seconds, job.max_time - (time.monotonic() - start)))
+                found(events, d, job, known, res, budget)
                 if progress:
                     progress(res, "found")
             if job.stop_on_new and any(not d.known for d in res.divergences):
+                res.stopped_by = "stop-on-new"
                 break
             now = time.monotonic()
             if progress and now - last_tick >= 2.0:
                 last_tick = now
                 res.seconds = now - start
                 progress(res, "tick")
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:          # SIGINT or SIGTERM (fuzz.lifetime.Interrupted)
         res.interrupted = True
+        res.stopped_by = "interrupted"
     res.seconds = time.monotonic() - start
     return res
 

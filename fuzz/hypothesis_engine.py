@@ -12,7 +12,7 @@ from hypothesis.errors import NoSuchExample
 
 from oracles.triage import KnownEntry
 
-from .engine import Job, JobResult, Progress, minimized, save_divergence
+from .engine import Job, JobResult, Progress, found
 from .generate import traces
 from .runner import run_trace
 
@@ -51,10 +51,8 @@ def run_hypothesis(job: Job, known: list[KnownEntry], progress: Progress | None 
                     continue
                 seen.add(d.signature)
                 # hypothesis shrank the generator's choices; now shrink the trace itself
-                d = minimized(small[:d.event_index + 1], job, known, d,
-                              max(2.0, min(job.minimize_seconds, job.max_time - (time.monotonic() - start))))
-                res.saved[d.signature] = save_divergence(d, job, known)
-                res.divergences.append(d)
+                found(small, d, job, known, res,
+                      max(2.0, min(job.minimize_seconds, job.max_time - (time.monotonic() - start))))
                 if progress:
                     progress(res, "found")
             res.events, res.traces = stats["events"], stats["traces"]
@@ -63,7 +61,7 @@ def run_hypothesis(job: Job, known: list[KnownEntry], progress: Progress | None 
                 progress(res, "tick")
             if job.stop_on_new and any(not d.known for d in res.divergences):
                 break
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:          # SIGINT or SIGTERM (fuzz.lifetime.Interrupted)
         res.interrupted = True
     res.events, res.traces = stats["events"], stats["traces"]
     res.seconds = time.monotonic() - start

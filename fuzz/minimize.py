@@ -35,16 +35,34 @@ def _simpler_values(ev: Event) -> list[Event]:
     return out
 
 
+class _Clock:
+    """The minimizer's budget: seconds of wall time, or (for results that must depend on the
+    input alone) a number of calls of `fails`."""
+
+    def __init__(self, max_seconds: float, max_attempts: int | None):
+        self.max_attempts = max_attempts
+        self.attempts = 0
+        self.deadline = time.monotonic() + max_seconds
+
+    def left(self) -> bool:
+        if self.max_attempts is not None:
+            return self.attempts < self.max_attempts
+        return time.monotonic() < self.deadline
+
+
 def minimize(events: list[Event], fails: Callable[[list[Event]], bool],
-             max_seconds: float = 20.0) -> list[Event]:
-    """Smallest trace we can find (within max_seconds) for which `fails` still holds."""
-    deadline = time.monotonic() + max_seconds
+             max_seconds: float = 20.0, max_attempts: int | None = None) -> list[Event]:
+    """Smallest trace we can find for which `fails` still holds, within max_seconds, or,
+    when max_attempts is given, within that many calls of `fails` whatever the time (the
+    result is then a function of the input alone)."""
+    clock = _Clock(max_seconds, max_attempts)
     best = list(events)
 
     def attempt(cand: list[Event]) -> bool:
         nonlocal best
-        if len(cand) > len(best) or not well_formed(cand):
+        if len(cand) > len(best) or not clock.left() or not well_formed(cand):
             return False
+        clock.attempts += 1
         if fails(cand):
             best = cand
             return True
@@ -52,10 +70,10 @@ def minimize(events: list[Event], fails: Callable[[list[Event]], bool],
 
     # 1. ddmin-style chunk removal
     chunk = max(1, len(best) // 2)
-    while chunk >= 1 and time.monotonic() < deadline:
+    while chunk >= 1 and clock.left():
         progressed = False
         i = 0
-        while i < len(best) and time.monotonic() < deadline:
+        while i < len(best) and clock.left():
             if attempt(best[:i] + best[i + chunk:]):
                 progressed = True
             else:
@@ -64,14 +82,14 @@ def minimize(events: list[Event], fails: Callable[[list[Event]], bool],
             chunk //= 2
     # 2. pairs: remove a start with its end, a fault begin with its commit
     i = 0
-    while i < len(best) and time.monotonic() < deadline:
+    while i < len(best) and clock.left():
         j = partner(best, i)
         if j is None or not attempt([e for k, e in enumerate(best) if k not in (i, j)]):
             i += 1
     # 3. simpler numbers and flags, event by event (paired ends follow their starts);
     # passes repeat while they make progress, each pass resumes where it succeeded
     changed = True
-    while changed and time.monotonic() < deadline:
+    while changed and clock.left():
         changed = False
         for i in range(len(best)):
             ev = best[i]

@@ -2,25 +2,36 @@
 seed, all saving into the same output directory; the parent merges their results by
 signature and prints one progress line for all of them.
 
-Workers save every divergence before reporting it (fuzz/corpus.py publishes without ever
-replacing a file), so a killed run loses nothing already reported and two workers that find
-the same divergence leave one file.
+Workers save every divergence before reporting it, as the one file named by its signature
+(fuzz/corpus.py: an exclusive create, never a replacement), so a killed run loses nothing
+already reported and two workers that find the same divergence leave one file.  With
+max_traces, worker k runs a share of the traces fixed by the seed and k alone.
+
+Workers never outlive the parent: each asks the kernel for SIGKILL when the parent dies
+(fuzz/lifetime.py), SIGKILL of the parent included.  A SIGINT or SIGTERM to the parent alone
+is passed on to the workers, which stop, save and send what they found.
 """
 from __future__ import annotations
 
 import multiprocessing as mp
+import os
 import queue
+import signal
 import sys
 import time
 
 from oracles.triage import KnownEntry
 
+from . import lifetime
 from .engine import Job, JobResult, run_job
 
 SEED_STRIDE = 1_000_003
+_STOP_ORDER = ["interrupted", "max-time", "stop-on-new", "max-traces", ""]   # what a merge says
 
 
-def _worker(index: int, job: Job, known: list[KnownEntry], results, progress) -> None:
+def _worker(index: int, job: Job, known: list[KnownEntry], results, progress, parent: int) -> None:
+    lifetime.die_with_parent(parent)
+    lifetime.worker_signals()
     def tell(res: JobResult, what: str) -> None:
         if what == "found":
             d = res.divergences[-1]
@@ -31,8 +42,15 @@ def _worker(index: int, job: Job, known: list[KnownEntry], results, progress) ->
     try:
         res = run_job(job, known, tell)
     except KeyboardInterrupt:          # interrupted before run_job could catch it
-        res = JobResult(job, interrupted=True)
+        res = JobResult(job, interrupted=True, stopped_by="interrupted")
     results.put(res)
+
+
+def share(total: int | None, jobs: int, k: int) -> int | None:
+    """Worker k's part of `total` traces (the first total % jobs workers run one more)."""
+    if total is None:
+        return None
+    return total // jobs + (1 if k < total % jobs else 0)
 
 
 def run_parallel(job: Job, jobs: int, known: list[KnownEntry], quiet: bool = False) -> JobResult:
@@ -40,13 +58,15 @@ def run_parallel(job: Job, jobs: int, known: list[KnownEntry], quiet: bool = Fal
     ctx = mp.get_context("fork")
     results, progress = ctx.Queue(), ctx.Queue()
     procs = []
+    parent = os.getpid()
     for k in range(jobs):
         sub = Job(job.arch, job.old, job.new, job.max_time, job.seed + k * SEED_STRIDE, job.out_dir,
-                  job.gen, job.minimize_seconds, job.stop_on_new, job.engine)
-        p = ctx.Process(target=_worker, args=(k, sub, known, results, progress), daemon=True)
+                  job.gen, job.minimize_seconds, job.stop_on_new, job.engine,
+                  max_traces=share(job.max_traces, jobs, k), minimize_attempts=job.minimize_attempts)
+        p = ctx.Process(target=_worker, args=(k, sub, known, results, progress, parent), daemon=True)
         p.start()
         procs.append(p)
-    merged = JobResult(job)
+    merged = JobResult(job, stopped_by="")
     per_worker: dict[int, tuple[int, int]] = {}
     seen: set[str] = set()
     start = last = time.monotonic()
@@ -67,8 +87,15 @@ def run_parallel(job: Job, jobs: int, known: list[KnownEntry], quiet: bool = Fal
                       file=sys.stderr, flush=True)
             if not any(p.is_alive() for p in procs) and results.empty():
                 break
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:          # SIGINT or SIGTERM: the workers stop too, and report
         merged.interrupted = True
+        signum = lifetime.stop_signal() or signal.SIGINT
+        for p in procs:
+            if p.is_alive() and p.pid is not None:
+                try:
+                    os.kill(p.pid, signum)     # a worker that has one already ignores a second
+                except ProcessLookupError:
+                    pass
         deadline = time.monotonic() + 30
         while len(collected) < jobs and time.monotonic() < deadline:
             try:
@@ -78,12 +105,16 @@ def run_parallel(job: Job, jobs: int, known: list[KnownEntry], quiet: bool = Fal
                     break
     for p in procs:
         p.join(timeout=5)
+        if p.is_alive():
+            p.kill()
+            p.join()
     _drain(progress, seen, per_worker, job, quiet)
     for res in collected:
         merged.events += res.events
         merged.traces += res.traces
         merged.seconds = max(merged.seconds, res.seconds)
         merged.interrupted |= res.interrupted
+        merged.stopped_by = min(merged.stopped_by, res.stopped_by, key=_STOP_ORDER.index)
         for d in res.divergences:
             if d.signature not in merged.saved:
                 merged.saved[d.signature] = res.saved[d.signature]
