@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .publish import publish_new
-from .trace import SCHEMA, Event, TraceError, event_to_json, trace_from_json
+from .trace import SCHEMA, Event, TraceError, event_to_json, read_json, trace_from_json
 
 
 @dataclass
@@ -84,12 +84,7 @@ def save_divergence_entry(entry: CorpusEntry, directory: Path, signature: str) -
 
 def load(path: Path) -> CorpusEntry:
     path = Path(path)
-    try:
-        doc = json.loads(path.read_text())
-    except OSError as e:
-        raise TraceError(f"{path}: cannot read: {e.strerror}") from None
-    except json.JSONDecodeError as e:
-        raise TraceError(f"{path}: not JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
+    doc = read_json(path)       # one-line TraceError: unreadable, not UTF-8, not JSON, too deep
     if not isinstance(doc, dict):
         raise TraceError(f"{path}: a corpus entry is a JSON object")
     for name in ("arch", "old", "new"):

@@ -238,7 +238,7 @@ def event_from_json(d, where: str) -> Event:
     if not isinstance(d, dict):
         raise TraceError(f"{where}: expected an object, got {type(d).__name__}")
     op = d.get("op")
-    cls = EVENT_TYPES.get(op)
+    cls = EVENT_TYPES.get(op) if isinstance(op, str) else None
     if cls is None:
         raise TraceError(f"{where}: field op: unknown event {op!r}; known: {', '.join(EVENT_TYPES)}")
     where = f"{where} ({op})"
@@ -266,18 +266,35 @@ def trace_from_json(doc, source: str = "<trace>") -> list[Event]:
     return [event_from_json(e, f"{source}: event {i}") for i, e in enumerate(events)]
 
 
-def loads(text: str, source: str = "<trace>") -> list[Event]:
+def parse_json(text: str, source: str = "<trace>"):
+    """json.loads with every failure as a one-line TraceError naming `source`."""
     try:
-        doc = json.loads(text)
+        return json.loads(text)
     except json.JSONDecodeError as e:
         raise TraceError(f"{source}: not JSON: {e.msg} at line {e.lineno} column {e.colno}") from None
-    return trace_from_json(doc, source)
+    except RecursionError:
+        raise TraceError(f"{source}: not a trace: JSON nested too deeply") from None
+    except ValueError:          # an integer of more digits than int() converts (4300)
+        raise TraceError(f"{source}: not a trace: a number with too many digits") from None
+
+
+def read_json(path: str | Path):
+    """The JSON document in file `path` (UTF-8); every failure is a one-line TraceError."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise TraceError(f"{path}: cannot read: {e.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise TraceError(f"{path}: not UTF-8: byte {data[e.start]:#04x} at offset {e.start}") from None
+    return parse_json(text, str(path))
+
+
+def loads(text: str, source: str = "<trace>") -> list[Event]:
+    return trace_from_json(parse_json(text, source), source)
 
 
 def load(path: str | Path) -> list[Event]:
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as e:
-        raise TraceError(f"{path}: cannot read: {e.strerror}") from None
-    return loads(text, str(path))
+    return trace_from_json(read_json(path), str(path))
