@@ -16,7 +16,6 @@ import json
 import os
 import random
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -24,7 +23,8 @@ from impls import registry
 from impls.registry import ModelLoadError
 from oracles.triage import KnownListError, load_known
 
-from . import corpus, report
+from . import argtypes, corpus, lifetime, output, report
+from .publish import publish_new
 from .engine import Job, JobResult, console_progress, run_job, save_divergence
 from .hypothesis_engine import run_hypothesis
 from .generate import GenConfig
@@ -37,6 +37,9 @@ from .trace import load as load_trace
 
 class UsageError(Exception):
     pass
+
+
+MAX_JOBS = 64
 
 
 def _side(arch: str, spec: str) -> Side:
@@ -80,27 +83,51 @@ def cmd_run(args) -> int:
     results = []
     started = time.monotonic()
     seen: set[str] = set()
+    failed: output.OutputError | None = None    # disk full, read-only: exit 2 after the summary
+    latest: list[JobResult] = []                # the running job as its progress last showed it
+
+    def progress(res: JobResult, what: str) -> None:
+        latest[:] = [res]
+        if not args.quiet:
+            console_progress(res, what)
+
     for job in jobs:
         job.engine = args.engine
-        if args.engine == "atheris":
-            res = run_with_atheris(job, args, known)
-        elif args.engine == "exhaustive":
-            res = run_with_exhaustive(job, args, known)
-        elif args.engine == "hypothesis":
-            res = run_hypothesis(job, known, None if args.quiet else console_progress, seen)
-        elif args.jobs > 1:
-            res = run_parallel(job, args.jobs, known, args.quiet)
-        else:
-            res = run_job(job, known, None if args.quiet else console_progress, seen)
+        latest.clear()
+        try:
+            if args.engine == "atheris":
+                res = run_with_atheris(job, args, known)
+            elif args.engine == "exhaustive":
+                res = run_with_exhaustive(job, args, known)
+            elif args.engine == "hypothesis":
+                res = run_hypothesis(job, known, progress, seen)
+            elif args.jobs > 1:
+                res = run_parallel(job, args.jobs, known, args.quiet)
+            else:
+                res = run_job(job, known, progress, seen)
+        except output.OutputError as e:
+            failed = e
+            results += latest       # what the job had saved before a write failed
+            break
         results.append(res)
         if res.interrupted:
             print("memslot-fuzz: interrupted; what was found is saved", file=sys.stderr)
             break
-    doc = report.build(results, seed, time.monotonic() - started)
+    try:
+        doc = report.build(results, seed, time.monotonic() - started, pictures=failed is None)
+    except output.OutputError as e:     # a picture could not be written: report without pictures
+        failed = e
+        doc = report.build(results, seed, time.monotonic() - started, pictures=False)
     report.validate_report(doc)
     if args.report:
-        write_atomic(Path(args.report), json.dumps(doc, indent=2) + "\n")
+        try:
+            output.write_text(args.report, json.dumps(doc, indent=2) + "\n", "--report")
+        except output.OutputError as e:
+            failed = failed or e
     report.print_summary(doc, sys.stdout)
+    if failed is not None:
+        print(f"memslot-fuzz: {failed}", file=sys.stderr)
+        return 2
     return 1 if doc["totals"]["new_divergences"] else 0
 
 
@@ -154,14 +181,6 @@ def cmd_ci(args) -> int:
     return 1 if res.failed else 0
 
 
-def write_atomic(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
 def cmd_replay(args) -> int:
     known = load_known()
     paths = corpus.entries_under([Path(p) for p in args.paths])
@@ -210,7 +229,7 @@ def cmd_show(args) -> int:
     check_well_formed(events, str(path))
     res = run_trace(events, arch, _side(arch, old), _side(arch, new), load_known(), keep_observations=True)
     if args.html:
-        write_atomic(Path(args.html), report.show_html(events, res, arch, old, new))
+        output.write_text(args.html, report.show_html(events, res, arch, old, new), "--html")
         print(f"memslot-fuzz: wrote {args.html}", file=sys.stderr)
     else:
         report.print_timeline(events, res, arch, old, new, sys.stdout)
@@ -218,7 +237,13 @@ def cmd_show(args) -> int:
 
 
 class Parser(argparse.ArgumentParser):
-    """Usage errors as one line naming what is wrong (argparse prints the whole usage)."""
+    """Usage errors as one line naming what is wrong (argparse prints the whole usage); every
+    --help ends with the exit codes and the output-file policy."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("epilog", argtypes.EXIT_CODES)
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def error(self, message: str):
         self.exit(2, f"{self.prog}: {message} (see {self.prog.split()[0]} --help)\n")
@@ -226,37 +251,49 @@ class Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="memslot-fuzz", description=__doc__.split("\n\n")[0])
+    p.add_argument("--version", action="version", version=f"%(prog)s {argtypes.version()}")
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=Parser)
     sub.add_parser("list", help="architectures and versions")
     r = sub.add_parser("run", help="fuzz old against new")
     r.add_argument("--arch", default="all", help="architecture name, or all (default)")
     r.add_argument("--old", default=registry.DEFAULT_OLD, help="version or candidate file.py:Class / module:Class")
     r.add_argument("--new", default=registry.DEFAULT_NEW, help="version or candidate file.py:Class / module:Class")
-    r.add_argument("--max-time", type=float, default=60.0, help="seconds in all (split over arches)")
-    r.add_argument("--seed", type=int, default=None, help="random seed (default: random, printed)")
-    r.add_argument("--report", default=None, help="write the JSON report here")
-    r.add_argument("--out", default="memslot-fuzz-out", help="directory for minimized divergences")
-    r.add_argument("--max-events", type=int, default=40, help="longest generated trace")
+    r.add_argument("--max-time", type=argtypes.positive_float, default=60.0,
+                   help="seconds in all (split over arches)")
+    r.add_argument("--seed", type=argtypes.seed, default=None, help="random seed (default: random, printed)")
+    r.add_argument("--report", default=None,
+                   help="write the JSON report here (checked before the run; a symlink is refused, "
+                        "a device or FIFO is written through)")
+    r.add_argument("--out", default="memslot-fuzz-out",
+                   help="directory for minimized divergences (created if needed; checked before the run)")
+    r.add_argument("--max-events", type=argtypes.int_range(3, why="the shortest generated trace"), default=40,
+                   help="longest generated trace (at least 3)")
     r.add_argument("--aligned-only", action="store_true", help="page-aligned notifier ranges only")
-    r.add_argument("--minimize-seconds", type=float, default=10.0, help="time limit per minimization")
+    r.add_argument("--minimize-seconds", type=argtypes.positive_float, default=10.0,
+                   help="time limit per minimization")
     r.add_argument("--engine", choices=["random", "hypothesis", "atheris", "exhaustive"], default="random",
                    help="random (default: seeded generator + trace minimizer), hypothesis (its "
                         "shrinker minimizes), atheris (coverage-guided libFuzzer, for long runs), "
                         "exhaustive (every small layout against every range, with certainty)")
-    r.add_argument("--slots", type=int, default=3, help="exhaustive: most slots in a layout")
-    r.add_argument("--pages", type=int, default=4, help="exhaustive: most pages in a slot")
-    r.add_argument("--address-spaces", type=int, default=2, help="exhaustive: most address spaces")
-    r.add_argument("--max-span", type=int, default=None, help="exhaustive: hva window in pages")
+    r.add_argument("--slots", type=argtypes.int_range(1, 8), default=3,
+                   help="exhaustive: most slots in a layout (1-8)")
+    r.add_argument("--pages", type=argtypes.int_range(1, 64), default=4,
+                   help="exhaustive: most pages in a slot (1-64)")
+    r.add_argument("--address-spaces", type=argtypes.int_range(1, 2), default=2,
+                   help="exhaustive: most address spaces (1-2)")
+    r.add_argument("--max-span", type=argtypes.int_range(1), default=None,
+                   help="exhaustive: hva window in pages")
     r.add_argument("--all-ranges", action="store_true",
                    help="exhaustive: do not merge ranges that touch every slot in the same bytes")
-    r.add_argument("--jobs", type=int, default=1, help="worker processes per architecture")
+    r.add_argument("--jobs", type=argtypes.int_range(1, MAX_JOBS), default=1,
+                   help=f"worker processes per architecture (1-{MAX_JOBS})")
     r.add_argument("--stop-on-new", action="store_true",
                    help="stop an architecture's run at its first divergence not on the known list")
     r.add_argument("--quiet", action="store_true", help="no progress lines")
     c = sub.add_parser("ci", help="CI slices without Docker: code-change, batch, prune (atheris)")
     c.add_argument("--mode", required=True, choices=["code-change", "batch", "prune"])
-    c.add_argument("--seconds", type=float, default=None, help="in all (default per mode)")
-    c.add_argument("--jobs", type=int, default=1)
+    c.add_argument("--seconds", type=argtypes.positive_float, default=None, help="in all (default per mode)")
+    c.add_argument("--jobs", type=argtypes.int_range(1, MAX_JOBS), default=1)
     c.add_argument("--arch", default="all")
     c.add_argument("--old", default=registry.DEFAULT_OLD)
     c.add_argument("--new", default=registry.DEFAULT_NEW)
@@ -274,21 +311,32 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--old", default=None)
     s.add_argument("--new", default=None)
     s.add_argument("--html", default=None, metavar="OUT.html",
-                   help="write the timeline with a picture of each divergence as one HTML page")
+                   help="write the timeline with a picture of each divergence as one HTML page "
+                        "(a symlink is refused, a device or FIFO is written through)")
     return p
+
+
+def check_outputs(args) -> None:
+    """Every output path, before any work: exit 2 with one line naming the option and path."""
+    if args.cmd in ("run", "ci"):
+        output.prepare_dir(args.out, "--out")
+    if args.cmd == "ci":
+        output.prepare_dir(args.state, "--state")
+    if args.cmd == "run" and args.report:
+        output.check_file(args.report, "--report")
+    if args.cmd == "show" and args.html:
+        output.check_file(args.html, "--html")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
-        if args.cmd == "run" and args.max_time <= 0:
-            raise UsageError("--max-time must be positive")
-        if args.cmd in ("run", "ci") and not 1 <= args.jobs <= 64:
-            raise UsageError("--jobs must be between 1 and 64")
+        check_outputs(args)     # numbers are checked by their argparse types
         return {"list": cmd_list, "run": cmd_run, "replay": cmd_replay, "show": cmd_show,
                 "ci": cmd_ci}[args.cmd](args)
-    except (ModelLoadError, CandidateError, TraceError, KnownListError, UsageError, report.ReportError) as e:
+    except (ModelLoadError, CandidateError, TraceError, KnownListError, UsageError, report.ReportError,
+            output.OutputError) as e:
         print(f"memslot-fuzz: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

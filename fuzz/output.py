@@ -121,7 +121,7 @@ def check_file(path, option: str | None = None) -> None:
     if not parent.is_dir():
         raise OutputError(f"{label}: directory {parent} does not exist" if not parent.exists()
                           else f"{label}: {parent} is not a directory")
-    with errors(path, option, f"directory {parent} is not writable"):
+    with errors(path, option, f"cannot create a file in {parent}"):
         _probe(parent)
 
 
@@ -133,7 +133,7 @@ def prepare_dir(path, option: str | None = None) -> Path:
         raise OutputError(f"{label}: not a directory")
     with errors(path, option, "cannot create directory"):
         path.mkdir(parents=True, exist_ok=True)
-    with errors(path, option, "directory is not writable"):
+    with errors(path, option, "cannot create a file in it"):
         _probe(path)
     return path
 

@@ -37,6 +37,7 @@ from oracles.compare import Divergence
 from oracles.gfnset import GfnSet
 from oracles.reference import Expectation, expect
 
+from . import output
 from .runner import Side, apply_event
 from .trace import Event, dumps, notifier_range
 
@@ -473,21 +474,17 @@ def picture_stem(divergence: Divergence) -> str:
 def write_pictures(divergence: Divergence, job, out_dir: Path, stem: str | None = None) -> Path:
     """Write <out_dir>/<arch>/<stem>.svg and .html for `divergence` (its minimized trace in
     divergence.trace, run with job.old / job.new) and return the .svg path.  Files are
-    written to a temporary name and renamed."""
-    import os
-    import tempfile
-
+    written through fuzz.output (atomically, with the umask's mode); a failure is one
+    OutputError line."""
     stem = stem or picture_stem(divergence)
     target = Path(out_dir) / job.arch
-    target.mkdir(parents=True, exist_ok=True)
+    with output.errors(target, None, "cannot create directory"):
+        target.mkdir(parents=True, exist_ok=True)
     det = replay_details(divergence.trace, job.old, job.new, divergence.event_index)[-1]
     svg = svg_from_detail(det, divergence, job.arch)
     html = _page_for(svg, divergence.trace, divergence, job.arch)
     paths = {}
     for ext, text in (("svg", svg), ("html", html)):
-        fd, tmp = tempfile.mkstemp(dir=target, prefix=".tmp-", suffix="." + ext)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
         paths[ext] = target / f"{stem}.{ext}"
-        os.replace(tmp, paths[ext])
+        output.write_text(paths[ext], text)
     return paths["svg"]
