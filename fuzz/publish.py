@@ -6,33 +6,29 @@ partial file or has a file replaced.  Files get the mode the umask allows (as op
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+from . import output
 
 
 def publish_new(path: Path, text: str) -> bool:
-    """Create `path` holding `text`, unless it exists.  True if this call created it."""
+    """Create `path` holding `text`, unless it exists.  True if this call created it.
+    A failure (disk full, read-only directory) is one OutputError line naming the path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists():
-        return False
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=path.suffix)
-    try:
-        with os.fdopen(fd, "w") as f:
-            os.fchmod(f.fileno(), 0o666 & ~_umask())
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        try:
-            os.link(tmp, path)
-            return True
-        except FileExistsError:
+    with output.errors(path, None, "cannot save"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
             return False
-    finally:
-        os.unlink(tmp)
+        fd, tmp = output.create_temp(path.parent, suffix=path.suffix)    # the umask's mode
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            try:
+                os.link(tmp, path)
+                return True
+            except FileExistsError:
+                return False
+        finally:
+            os.unlink(tmp)
