@@ -15,6 +15,7 @@ same coverage (libFuzzer -merge=1 into a fresh directory, then a swap by rename)
 """
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import subprocess
@@ -24,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import output
 from .atheris_engine import (REPO, TARGET, TargetConfig, console_progress, run_atheris_stats,
                              target_env)
 
@@ -78,8 +80,8 @@ def ci_mode(mode: str, seconds: float | None = None, jobs: int = 1, arches: list
     if mode not in MODES:
         raise CiError(f"ci: --mode {mode!r}: expected one of {', '.join(MODES)}")
     seconds = DEFAULT_SECONDS[mode] if seconds is None else seconds
-    if seconds <= 0:
-        raise CiError(f"ci: --seconds {seconds:g}: must be positive")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise CiError(f"ci: --seconds {seconds:g}: must be positive and finite")
     if jobs < 1:
         raise CiError(f"ci: --jobs {jobs}: must be at least 1")
     arches = arches or registry.implemented_arches()
@@ -92,7 +94,8 @@ def ci_mode(mode: str, seconds: float | None = None, jobs: int = 1, arches: list
     per_arch = seconds / len(arches)
     for arch in arches:
         mine = state_dir / "corpus" / arch
-        mine.mkdir(parents=True, exist_ok=True)
+        with output.errors(mine, "--state", "cannot create directory"):
+            mine.mkdir(parents=True, exist_ok=True)
         t0 = time.monotonic()
         run = CiRun(arch, corpus_before=_inputs(mine))
         res.runs.append(run)
@@ -128,7 +131,8 @@ def _prune(arch: str, old: str, new: str, mine: Path, seconds: float, quiet: boo
         work_p = Path(work)
         fresh = mine.parent / f".{mine.name}.pruned"
         shutil.rmtree(fresh, ignore_errors=True)
-        fresh.mkdir()
+        with output.errors(fresh, "--state", "cannot create directory"):
+            fresh.mkdir()
         # a divergence met while merging is not this mode's business: saved in the temp dir
         cfg = TargetConfig(arch, old, new, work_p / "out", minimize_seconds=0.0, skip_saved=True)
         cmd = [sys.executable, str(TARGET), "-merge=1", f"-max_total_time={max(1, int(seconds))}",
@@ -148,8 +152,9 @@ def _prune(arch: str, old: str, new: str, mine: Path, seconds: float, quiet: boo
             raise CiError(f"ci prune {arch}: libFuzzer -merge=1 failed (exit {proc.returncode}): {tail}")
         stale = mine.parent / f".{mine.name}.old"
         shutil.rmtree(stale, ignore_errors=True)
-        os.replace(mine, stale)
-        os.replace(fresh, mine)
+        with output.errors(mine, "--state", "cannot swap in the pruned corpus"):
+            os.replace(mine, stale)
+            os.replace(fresh, mine)
         shutil.rmtree(stale, ignore_errors=True)
     return False
 
