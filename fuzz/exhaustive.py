@@ -25,7 +25,10 @@ Pages are 4 KiB; hva page p is HVA_BASE + p*4K (HVA_BASE is 2 MiB aligned).
   `stats.refused`, never reported.)
 * Layouts equal up to renumbering slots are checked once (slot ids are given in gfn order
   per address space).  Backing is one 4 KiB host mapping over the whole window, with one
-  extra page either side, so every leaf is 4K (2 MiB frames are the random engine's job).
+  extra page before it and two after it (through the last edge, so every change_pte is on a
+  present pte: fuzz.wellformed), so every leaf is 4K (2 MiB frames are the random engine's job).
+
+Every setup + check trace is well formed (fuzz.wellformed.check_well_formed).
 
 Set-up trace of a layout: host_map, one set_memory_region per slot, then a write fault
 (fault_begin + fault_commit) on every gfn of every slot, in slot order.
@@ -136,7 +139,8 @@ class Layout:
 
     def setup(self) -> list[Event]:
         """host_map, the memslots, then a write fault on every gfn of every slot."""
-        evs: list[Event] = [HostMap(HVA_BASE - P, (self.span + 2) * P, HOST_PFN, P, True)]
+        # through the page after the last edge, so every change_pte address is a present pte
+        evs: list[Event] = [HostMap(HVA_BASE - P, (self.span + 3) * P, HOST_PFN, P, True)]
         ids = self.slot_ids()
         for s, sid in zip(self.slots, ids):
             evs.append(SetMemoryRegion(s.as_id, sid, 0, (GFN_BASE + s.gfn) * P, s.npages * P,
@@ -432,9 +436,13 @@ def _work(args) -> tuple[int, LayoutResult]:
     return i, run_layout(layout, arch, old, new, known, ops, reduce, deadline)
 
 
-def _ignore_sigint() -> None:
+def _pool_worker_init(parent: int) -> None:
     import signal
-    signal.signal(signal.SIGINT, signal.SIG_IGN)     # the parent handles Ctrl-C
+
+    from . import lifetime
+    lifetime.die_with_parent(parent)                  # however the parent dies
+    signal.signal(signal.SIGINT, signal.SIG_IGN)      # the parent handles Ctrl-C and SIGTERM,
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)     # and Pool.terminate() ends us with SIGTERM
 
 
 def run_exhaustive(arch: str, old_side: Side, new_side: Side, known: list[KnownEntry],
@@ -448,8 +456,8 @@ def run_exhaustive(arch: str, old_side: Side, new_side: Side, known: list[KnownE
     deadline: an absolute time.monotonic() instant; the run stops there (stats.complete is
     False) with everything found so far.  progress(stats, what, divergence) is called with
     what="found" for each new signature (divergence given) and "tick" about every 2 s.
-    jobs > 1 spreads layouts over that many forked processes.  Ctrl-C stops cleanly
-    (stats.interrupted).  Returns one divergence per signature, with the smallest trace seen,
+    jobs > 1 spreads layouts over that many forked processes (they die with this one).
+    SIGINT or SIGTERM stops cleanly (stats.interrupted).  Returns one divergence per signature, with the smallest trace seen,
     re-run from scratch and minimized (minimize_seconds per signature; 0 to skip), sorted
     new first, then by class severity.
     """
@@ -505,14 +513,15 @@ def run_exhaustive(arch: str, old_side: Side, new_side: Side, known: list[KnownE
         else:
             import multiprocessing
             ctx = multiprocessing.get_context("fork")
-            with ctx.Pool(jobs, initializer=_ignore_sigint) as pool:   # exit terminates it
+            with ctx.Pool(jobs, initializer=_pool_worker_init, initargs=(os.getpid(),)) as pool:
+                # leaving the block (deadline, SIGINT/SIGTERM) terminates the pool
                 work = ((i, lay, arch, old_side, new_side, known, ops, reduce_ranges, deadline)
                         for i, lay in enumerate(lays))
                 for i, lr in pool.imap_unordered(_work, work, chunksize=4):
                     absorb(lays[i], lr)
                     if deadline is not None and time.monotonic() >= deadline:
                         break       # layouts still in flight are dropped, nothing was reported of them
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:          # SIGINT or SIGTERM (fuzz.lifetime.Interrupted)
         stats.interrupted = True
     stats.seconds = time.monotonic() - start
     stats.complete = stats.layouts_done + stats.refused == stats.layouts_total
@@ -523,7 +532,10 @@ def run_exhaustive(arch: str, old_side: Side, new_side: Side, known: list[KnownE
         else:
             break
     stats.complete_through_slots = k_done
-    out = _finish(found, arch, old_side, new_side, known, minimize_seconds)
+    from . import lifetime
+    with lifetime.deferred():          # what was found is minimized and returned, signal or not
+        out = _finish(found, arch, old_side, new_side, known, minimize_seconds)
+    stats.interrupted |= lifetime.stop_signal() is not None
     stats.divergences = len(out)
     return out, stats
 

@@ -104,7 +104,7 @@ class _Gen:
     slots: dict[tuple[int, int], SlotPlan] = field(default_factory=dict)
     next_pfn: int = 0x10000
     next_fault: int = 0
-    open_ranges: list[tuple[int, int]] = field(default_factory=list)
+    open_ranges: list[tuple[int, int, bool]] = field(default_factory=list)    # start, end, blockable
     open_faults: list[int] = field(default_factory=list)
 
     # ----- layout -------------------------------------------------------------------------
@@ -263,11 +263,11 @@ class _Gen:
             self.events.append(GuestAccess(as_id, gfn, self.src.bool(0.3)))
         elif kind == "invalidate":
             start, end = self.hva_range()
-            self.events.append(InvalidateRangeStart(start, end, self.src.bool(0.8)))
-            self.open_ranges.append((start, end))
-        elif kind == "end":
-            start, end = self.open_ranges.pop(self.src.int(0, len(self.open_ranges) - 1))
-            self.events.append(InvalidateRangeEnd(start, end, True))
+            blockable = self.src.bool(0.8)
+            self.events.append(InvalidateRangeStart(start, end, blockable))
+            self.open_ranges.append((start, end, blockable))
+        elif kind == "end":     # the same struct mmu_notifier_range as its start: same flags
+            self.events.append(InvalidateRangeEnd(*self.open_ranges.pop(self.src.int(0, len(self.open_ranges) - 1))))
         elif kind == "cow":
             # what wp_page_copy / KSM do: start, set_pte_at_notify, end; or change_pte bare.
             # set_pte_at_notify replaces a present pte: the page must be in a mapped region
@@ -320,9 +320,11 @@ class _Gen:
         while len(self.events) < budget:
             self.step()
         while self.open_ranges:
-            start, end = self.open_ranges.pop()
-            self.events.append(InvalidateRangeEnd(start, end, True))
+            self.events.append(InvalidateRangeEnd(*self.open_ranges.pop()))
         if self.src.bool(0.05):
+            # the mm exits only once no vCPU thread is inside a fault; nothing follows release
+            self.events += [FaultCommit(n) for n in self.open_faults]
+            self.open_faults.clear()
             self.events.append(Release())
         return self.events
 

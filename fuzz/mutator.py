@@ -25,8 +25,8 @@ from .atheris_engine import decode, encode, json_trace
 from .generate import GenConfig
 from .wellformed import well_formed
 from .trace import (ChangePte, ClearFlushYoung, ClearYoung, Event, FaultBegin, FaultCommit,
-                    GuestAccess, InvalidateRangeEnd, InvalidateRangeStart, SetMemoryRegion,
-                    TestYoung, partner)
+                    GuestAccess, InvalidateRangeEnd, InvalidateRangeStart, Release,
+                    SetMemoryRegion, TestYoung, partner)
 
 P = 4096
 MUTATIONS = ("insert", "delete", "duplicate", "snap", "alias", "split")
@@ -70,17 +70,23 @@ def _next_fault(events: list[Event]) -> int:
     return 1 + max((e.fault for e in events if isinstance(e, (FaultBegin, FaultCommit))), default=-1)
 
 
+def _end(events: list[Event]) -> int:
+    """Where new events may go up to: nothing can follow a release (fuzz.wellformed)."""
+    return next((k for k, e in enumerate(events) if isinstance(e, Release)), len(events))
+
+
 def _insert(rng: random.Random, events: list[Event]) -> list[Event]:
     slots = slots_of(events)
     if not slots:
         return events
     out = list(events)
-    i = rng.randint(0, len(out))
+    end = _end(out)
+    i = rng.randint(0, end)
     kind = rng.choice(["fault", "access", "invalidate", "age", "cow", "slot"])
     if kind == "fault":
         as_id, gfn = _gfn(rng, slots)
         n = _next_fault(out)
-        j = rng.randint(i, len(out))
+        j = rng.randint(i, end)
         out[j:j] = [FaultCommit(n)]
         out[i:i] = [FaultBegin(n, as_id, gfn, rng.random() < 0.4)]
     elif kind == "access":
@@ -88,9 +94,10 @@ def _insert(rng: random.Random, events: list[Event]) -> list[Event]:
         out[i:i] = [GuestAccess(as_id, gfn, rng.random() < 0.3)]
     elif kind == "invalidate":
         a, b = sorted((_edge(rng, slots), _edge(rng, slots)))
-        j = rng.randint(i, len(out))
-        out[j:j] = [InvalidateRangeEnd(a, b, True)]
-        out[i:i] = [InvalidateRangeStart(a, b, rng.random() < 0.8)]
+        j = rng.randint(i, end)
+        blockable = rng.random() < 0.8          # start and end share one mmu_notifier_range
+        out[j:j] = [InvalidateRangeEnd(a, b, blockable)]
+        out[i:i] = [InvalidateRangeStart(a, b, blockable)]
     elif kind == "age":
         op = rng.choice([ClearFlushYoung, ClearYoung, TestYoung])
         if op is TestYoung:
@@ -137,8 +144,8 @@ def _duplicate(rng: random.Random, events: list[Event]) -> list[Event]:
     elif isinstance(ev, InvalidateRangeStart) and j is not None:
         out.insert(j + 1, events[j])
         out.insert(i + 1, ev)
-    elif isinstance(ev, (FaultBegin, FaultCommit, InvalidateRangeEnd)):
-        return events           # an unpaired one: duplicating it cannot be well formed
+    elif isinstance(ev, (FaultBegin, FaultCommit, InvalidateRangeEnd, Release)):
+        return events           # an unpaired one, or a release: a copy cannot be well formed
     else:
         out.insert(i + 1, ev)
     return out
@@ -184,7 +191,7 @@ def _alias(rng: random.Random, events: list[Event]) -> list[Event]:
     sid = max(s for a, s in used if a == as_id) + 1
     top = max(e.guest_phys_addr + e.memory_size for e in events
               if isinstance(e, SetMemoryRegion) and e.as_id == as_id)
-    pos = rng.randint(creates[0] + 1, len(events))
+    pos = rng.randint(creates[0] + 1, max(creates[0] + 1, _end(events)))
     out.insert(pos, SetMemoryRegion(as_id, sid, 0, top, src.memory_size, src.userspace_addr))
     return out
 

@@ -7,6 +7,13 @@ the event index, its op and the field), then every tracker in `TRACKERS` advance
 To add a rule: write `def _rule_x(st, i, ev)` raising through `st.fail(...)`, add it to
 `RULES`, and if it needs state, a field in `WalkState` and a tracker in `TRACKERS`.
 docs/ARCHITECTURE.md ("Well-formed traces") gives the kernel reason for each rule.
+
+`ALLOWANCES` are rules the kernel's mm also obeys but which the fuzzer deliberately breaks
+because the exploration relies on it (unaligned, empty and wide ranges reach walker corner
+cases; a change_pte outside an invalidation is what v5.13 WARNs about; KVM's aging never
+reads host ptes).  They are named, checked
+only with `strict=True`, and what needs them is tagged elsewhere (fuzz.reachability
+"unaligned-only", oracles.reference.trace_contexts "bare-change_pte-during-fault").
 """
 from __future__ import annotations
 
@@ -14,26 +21,39 @@ from dataclasses import dataclass, field
 from typing import Callable, NoReturn
 
 from .trace import (ChangePte, ClearFlushYoung, ClearYoung, Event, FaultBegin, FaultCommit,
-                    HostMap, InvalidateRangeEnd, InvalidateRangeStart, TraceError)
+                    HostMap, InvalidateRangeEnd, InvalidateRangeStart, Release, TestYoung,
+                    TraceError)
 
 P = 4096
 PAGE_SIZES = (4096, 2 << 20, 1 << 30)
+PMD = 2 << 20
+USER_VA_END = 1 << 57           # above every arch's user address space (x86 LA57: 56 bits)
+MAX_HOST_MAP = 1 << 30          # one host_map event maps at most 1 GiB (a model limit)
+RANGE_TYPES = (InvalidateRangeStart, InvalidateRangeEnd, ClearFlushYoung, ClearYoung)
 
 
 @dataclass
 class WalkState:
     """What the rules need to know about the events before the current one."""
     source: str = "<trace>"
-    open_ranges: list[tuple[int, int]] = field(default_factory=list)
+    open_ranges: list[tuple[int, int, bool]] = field(default_factory=list)   # start, end, blockable
     faults: set[int] = field(default_factory=set)
     host_pages: set[int] = field(default_factory=set)
+    released: int | None = None         # index of the release event, once there is one
+    index: int = 0                      # the event being checked
 
     def fail(self, i: int, ev: Event, fld: str, problem: str) -> NoReturn:
         raise TraceError(f"{self.source}: event {i} ({ev.op}): field {fld}: {problem}")
 
     def covered(self, page: int) -> bool:
         """Is host page number `page` inside an open invalidation?"""
-        return any(s <= page * P and (page + 1) * P <= e for s, e in self.open_ranges)
+        return any(s <= page * P and (page + 1) * P <= e for s, e, _ in self.open_ranges)
+
+    def mapped_in(self, start: int, end: int) -> bool:
+        """Does [start, end) intersect a mapped host page?"""
+        if end - start > len(self.host_pages) * P:
+            return any(start < (p + 1) * P and p * P < end for p in self.host_pages)
+        return any(p in self.host_pages for p in range(start // P, (end + P - 1) // P))
 
 
 Rule = Callable[[WalkState, int, Event], None]
@@ -49,9 +69,16 @@ def _rule_range_order(st: WalkState, i: int, ev: Event) -> None:
 
 
 def _rule_end_pairs_start(st: WalkState, i: int, ev: Event) -> None:
-    """invalidate_range_end closes an open invalidate_range_start of the same range."""
-    if isinstance(ev, InvalidateRangeEnd) and (ev.start, ev.end) not in st.open_ranges:
-        st.fail(i, ev, "start", f"no open invalidate_range_start for [{ev.start:#x}, {ev.end:#x})")
+    """invalidate_range_end closes an open invalidate_range_start of the same range, with the
+    same blockable flag (the mm passes the same struct mmu_notifier_range to both)."""
+    if not isinstance(ev, InvalidateRangeEnd):
+        return
+    if (ev.start, ev.end, ev.blockable) in st.open_ranges:
+        return
+    if any((s, e) == (ev.start, ev.end) for s, e, _ in st.open_ranges):
+        st.fail(i, ev, "blockable", f"{str(ev.blockable).lower()} but the open invalidate_range_start "
+                f"of [{ev.start:#x}, {ev.end:#x}) has {str(not ev.blockable).lower()}")
+    st.fail(i, ev, "start", f"no open invalidate_range_start for [{ev.start:#x}, {ev.end:#x})")
 
 
 def _rule_fault_pairs(st: WalkState, i: int, ev: Event) -> None:
@@ -73,6 +100,18 @@ def _rule_host_page_size(st: WalkState, i: int, ev: Event) -> None:
         st.fail(i, ev, "hva", f"mapping not aligned to its page size {ev.page_size:#x}")
 
 
+def _rule_host_map_bounds(st: WalkState, i: int, ev: Event) -> None:
+    """A host mapping lies in the user address space.  Also a model limit: the host page table
+    model keeps one entry per 4K page, so one host_map maps at most 1 GiB."""
+    if not isinstance(ev, HostMap):
+        return
+    if ev.hva + ev.size > USER_VA_END:
+        st.fail(i, ev, "size", f"[{ev.hva:#x}, +{ev.size:#x}) ends above the user address space")
+    if ev.size > MAX_HOST_MAP:
+        st.fail(i, ev, "size", f"{ev.size:#x} is more than 1 GiB (the models keep one entry per "
+                "4K host page)")
+
+
 def _rule_host_change_inside_invalidation(st: WalkState, i: int, ev: Event) -> None:
     """The mm changes or removes a present host page only inside an invalidation of it."""
     if not isinstance(ev, HostMap):
@@ -85,29 +124,112 @@ def _rule_host_change_inside_invalidation(st: WalkState, i: int, ev: Event) -> N
 
 def _rule_change_pte_present(st: WalkState, i: int, ev: Event) -> None:
     """set_pte_at_notify only replaces a present pte.  (Outside an invalidation of its page
-    is allowed on purpose: v5.13 WARNs on it, and the oracle tags what follows from it.)"""
+    is allowed on purpose: see the bare-change_pte allowance.)"""
     if isinstance(ev, ChangePte) and ev.hva // P not in st.host_pages:
         st.fail(i, ev, "hva", f"{ev.hva:#x} is in no mapped host page "
                 "(set_pte_at_notify only replaces a present pte)")
 
 
+def _rule_nothing_after_release(st: WalkState, i: int, ev: Event) -> None:
+    """release is the last event.  mmu_notifier_release runs from exit_mmap once mm_users is
+    0: the mm unhooks KVM's notifier (no notifier event, no second release), no task has
+    kvm->mm as its mm any more (every vCPU and VM ioctl returns -EIO: no fault, access,
+    sync_page or memslot update) and the address space is being torn down (no host_map)."""
+    if st.released is not None:
+        st.fail(i, ev, "op", f"after release at event {st.released} (the mm has exited and "
+                "unhooked the notifier: nothing can follow)")
+
+
+def _rule_release_without_fault_in_flight(st: WalkState, i: int, ev: Event) -> None:
+    """No fault is in flight at release: a vCPU thread inside a fault holds a reference on the
+    mm (mm_users), so the mm cannot exit until the fault has finished."""
+    if isinstance(ev, Release) and st.faults:
+        st.fail(i, ev, "op", f"fault {min(st.faults)} is still in flight (its vCPU thread holds "
+                "the mm, which cannot exit before the fault ends)")
+
+
+# ----- allowances: kernel rules the fuzzer breaks on purpose (checked with strict=True) -----
+
+
+def _allow_unaligned(st: WalkState, i: int, ev: Event) -> None:
+    """The mm sends page-aligned ranges and page addresses (mmu_notifier_range_init callers
+    pass vma/page boundaries).  Allowed: unaligned ones reach walker corner cases, and a
+    divergence that needs them is tagged "unaligned-only" (fuzz.reachability)."""
+    if isinstance(ev, RANGE_TYPES):
+        for name in ("start", "end"):
+            if getattr(ev, name) % P:
+                st.fail(i, ev, name, f"{getattr(ev, name):#x} is not page aligned")
+    elif isinstance(ev, (ChangePte, TestYoung)) and ev.hva % P:
+        st.fail(i, ev, "hva", f"{ev.hva:#x} is not page aligned")
+
+
+def _allow_empty_range(st: WalkState, i: int, ev: Event) -> None:
+    """The mm never sends an empty notifier range.  Allowed: walkers must survive one."""
+    if isinstance(ev, RANGE_TYPES) and ev.start == ev.end:
+        st.fail(i, ev, "end", f"empty range at {ev.start:#x}")
+
+
+def _allow_bare_change_pte(st: WalkState, i: int, ev: Event) -> None:
+    """set_pte_at_notify (wp_page_copy, KSM, uprobes) runs inside an invalidation of its page.
+    Allowed: v5.13 WARNs on a bare one and the oracle tags what follows from it
+    (oracles.reference.trace_contexts, "bare-change_pte-during-fault")."""
+    if isinstance(ev, ChangePte) and not st.covered(ev.hva // P):
+        st.fail(i, ev, "hva", f"{ev.hva:#x} is in no open invalidation (set_pte_at_notify runs "
+                "inside one)")
+
+
+def _allow_unmapped_aging(st: WalkState, i: int, ev: Event) -> None:
+    """clear_flush_young, clear_young and test_young come from rmap walks (page_referenced,
+    page_idle) and khugepaged over present ptes: their range or address lies on a mapped host
+    page.  Allowed: KVM's aging handlers read only memslots and KVM's own mappings, never the
+    host page table, so the same trace with the host page mapped (and not faulted) shows the
+    same; the minimizer drops such a host_map as irrelevant."""
+    if isinstance(ev, TestYoung):
+        if ev.hva // P not in st.host_pages:
+            st.fail(i, ev, "hva", f"{ev.hva:#x} is in no mapped host page (the mm ages only present ptes)")
+    elif isinstance(ev, (ClearFlushYoung, ClearYoung)) and not st.mapped_in(ev.start, ev.end):
+        st.fail(i, ev, "start", f"[{ev.start:#x}, {ev.end:#x}) touches no mapped host page "
+                "(the mm ages only present ptes)")
+
+
+def _allow_wide_aging_range(st: WalkState, i: int, ev: Event) -> None:
+    """An rmap walk ages one pte or one pmd per call: [addr, addr + PAGE_SIZE) or a 2 MiB
+    aligned [addr, addr + PMD_SIZE).  Allowed: wider ranges drive the walkers' loops."""
+    if isinstance(ev, (ClearFlushYoung, ClearYoung)):
+        size = ev.end - ev.start
+        if not (size == P or (size == PMD and ev.start % PMD == 0)):
+            st.fail(i, ev, "end", f"[{ev.start:#x}, {ev.end:#x}) is neither one page nor one "
+                    "2 MiB pmd")
+
+
 RULES: list[Rule] = [
+    _rule_nothing_after_release,
+    _rule_release_without_fault_in_flight,
     _rule_range_order,
     _rule_end_pairs_start,
     _rule_fault_pairs,
     _rule_host_page_size,
+    _rule_host_map_bounds,
     _rule_host_change_inside_invalidation,
     _rule_change_pte_present,
 ]
+
+ALLOWANCES: dict[str, Rule] = {
+    "unaligned": _allow_unaligned,
+    "empty-range": _allow_empty_range,
+    "bare-change_pte": _allow_bare_change_pte,
+    "unmapped-aging": _allow_unmapped_aging,
+    "wide-aging-range": _allow_wide_aging_range,
+}
 
 # ---------------------------------------------------------------------------- trackers
 
 
 def _track_invalidations(st: WalkState, ev: Event) -> None:
     if isinstance(ev, InvalidateRangeStart):
-        st.open_ranges.append((ev.start, ev.end))
+        st.open_ranges.append((ev.start, ev.end, ev.blockable))
     elif isinstance(ev, InvalidateRangeEnd):
-        st.open_ranges.remove((ev.start, ev.end))
+        st.open_ranges.remove((ev.start, ev.end, ev.blockable))
 
 
 def _track_faults(st: WalkState, ev: Event) -> None:
@@ -126,7 +248,13 @@ def _track_host_pages(st: WalkState, ev: Event) -> None:
             st.host_pages.update(pages)
 
 
+def _track_release(st: WalkState, ev: Event) -> None:
+    if isinstance(ev, Release) and st.released is None:
+        st.released = st.index
+
+
 TRACKERS: list[Callable[[WalkState, Event], None]] = [
+    _track_release,
     _track_invalidations,
     _track_faults,
     _track_host_pages,
@@ -135,20 +263,23 @@ TRACKERS: list[Callable[[WalkState, Event], None]] = [
 # ---------------------------------------------------------------------------- entry points
 
 
-def check_well_formed(events: list[Event], source: str = "<trace>") -> None:
+def check_well_formed(events: list[Event], source: str = "<trace>", strict: bool = False) -> None:
     """Raise TraceError (one line: source, event index, op, field, problem) for the first
-    event the kernel's mm and KVM could not have sent after the ones before it."""
+    event the kernel's mm and KVM could not have sent after the ones before it.  strict:
+    also enforce the ALLOWANCES (exactly what a running kernel sends)."""
     st = WalkState(source=source)
+    rules = RULES + (list(ALLOWANCES.values()) if strict else [])
     for i, ev in enumerate(events):
-        for rule in RULES:
+        st.index = i
+        for rule in rules:
             rule(st, i, ev)
         for track in TRACKERS:
             track(st, ev)
 
 
-def well_formed(events: list[Event]) -> bool:
+def well_formed(events: list[Event], strict: bool = False) -> bool:
     try:
-        check_well_formed(events)
+        check_well_formed(events, strict=strict)
     except TraceError:
         return False
     return True
