@@ -10,9 +10,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .machine import (LEVEL_4K, PAGE_SHIFT, HostPageTable, HostPte, KVM_MEM_LOG_DIRTY_PAGES,
-                      KVM_MEM_READONLY, Leaf, Memslot, MemslotUpdateError, Memslots, Tlb,
-                      pages_per_level)
+                      KVM_MEMSLOT_INVALID, KVM_MEM_READONLY, Leaf, Memslot, MemslotUpdateError,
+                      Memslots, Tlb, pages_per_level)
 from .observation import Flush, HandlerCall, Observation
+from .tasks import Mutex, RwSem, Scheduler, Srcu
 
 MMU_NOTIFIER_RANGE_BLOCKABLE = 1 << 0   # include/linux/mmu_notifier.h (v5.12)
 
@@ -60,6 +61,8 @@ class Kvm:
     page_shift = PAGE_SHIFT
     max_level = LEVEL_4K             # largest mapping the fault path may install
     uses_retry_hva = False           # x86 checks mmu_notifier_retry_hva, others mmu_notifier_retry
+    needs_tasks = False              # a generic layer whose behaviour needs real blocking (series-v1, v5.15+)
+    sched: Scheduler | None = None   # set by the runner in task mode; None: every event runs atomically
 
     def __init__(self) -> None:
         self.memslots = Memslots(self.address_space_num, self.user_mem_slots,
@@ -75,6 +78,11 @@ class Kvm:
         self.tlbs_dirty = 0
         self.faults: dict[int, PendingFault] = {}
         self.obs = Observation("idle")
+        # task mode only (impls/tasks.py): the real locks behind the flags above
+        self.mmu_lock_obj = Mutex("mmu_lock")
+        self.slots_lock = Mutex("slots_lock")
+        self.srcu = Srcu("kvm->srcu")
+        self.fault_srcu: dict[int, int] = {}
 
     # ----- recording -------------------------------------------------------------------
     def begin(self, op: str) -> None:
@@ -89,16 +97,69 @@ class Kvm:
 
     # ----- mmu_lock ------------------------------------------------------------------------
     def mmu_lock(self) -> None:
-        # KVM_MMU_LOCK: write_lock on x86 (KVM_HAVE_MMU_RWLOCK), spin_lock elsewhere
-        if self.mmu_lock_held:
+        # KVM_MMU_LOCK: write_lock on x86 (KVM_HAVE_MMU_RWLOCK), spin_lock elsewhere; every
+        # notifier path takes the exclusive side, so one exclusive lock models both
+        if self.sched is not None:
+            self.mmu_lock_obj.lock(self.sched, self.sched.site())
+        elif self.mmu_lock_held:
             self.warn("mmu_lock taken recursively (deadlock)")
         self.mmu_lock_held = True
         self.obs.lock_taken = True
 
     def mmu_unlock(self) -> None:
+        if self.sched is not None:
+            if self.mmu_lock_obj.holder is not self.sched.current:
+                self.warn("mmu_lock released while not held")
+            self.mmu_lock_held = False
+            self.mmu_lock_obj.unlock(self.sched)     # a point where other tasks may run
+            return
         if not self.mmu_lock_held:
             self.warn("mmu_lock released while not held")
         self.mmu_lock_held = False
+
+    # ----- other kernel locks: real in task mode, no-ops when every event runs atomically ----
+    def spin_lock(self, lock: Mutex) -> None:
+        if self.sched is not None:
+            lock.lock(self.sched, self.sched.site())
+
+    def spin_unlock(self, lock: Mutex) -> None:
+        if self.sched is not None:
+            lock.unlock(self.sched)
+
+    def down_read(self, sem: RwSem) -> None:
+        if self.sched is not None:
+            sem.down_read(self.sched, self.sched.site())
+
+    def up_read(self, sem: RwSem) -> None:
+        if self.sched is not None:
+            sem.up_read(self.sched)
+
+    def down_write(self, sem: RwSem) -> None:
+        if self.sched is not None:
+            sem.down_write(self.sched, self.sched.site())
+
+    def up_write(self, sem: RwSem) -> None:
+        if self.sched is not None:
+            sem.up_write(self.sched)
+
+    def wait_until(self, ready, what: str, holders) -> None:
+        """rcuwait_wait_event / schedule() until `ready()` (task mode; atomic mode cannot wait)."""
+        if self.sched is not None:
+            self.sched.wait_until(ready, what, holders)
+        elif not ready():
+            self.warn(f"would sleep forever: {what}")
+
+    # ----- kvm->srcu (task mode only; an atomic event needs no grace period) -------------
+    def srcu_read_lock(self) -> int:
+        return self.srcu.read_lock(self.sched) if self.sched is not None else 0
+
+    def srcu_read_unlock(self, idx: int) -> None:
+        if self.sched is not None:
+            self.srcu.read_unlock(self.sched, idx)
+
+    def synchronize_srcu_expedited(self) -> None:
+        if self.sched is not None:
+            self.srcu.synchronize(self.sched)
 
     # ----- secondary MMU primitives, used by arch code -----------------------------------
     def leaf_covering(self, as_id: int, gfn: int) -> Leaf | None:
@@ -167,26 +228,47 @@ class Kvm:
     # ----- memslot updates (identical for every model) ---------------------------------
     def set_user_memory_region(self, as_id: int, slot: int, flags: int, guest_phys_addr: int,
                                memory_size: int, userspace_addr: int) -> None:
-        # v5.12 virt/kvm/kvm_main.c __kvm_set_memory_region (rules in machine.Memslots)
+        # v5.13 virt/kvm/kvm_main.c kvm_set_memory_region -> __kvm_set_memory_region ->
+        # kvm_set_memslot under slots_lock (checks in machine.Memslots, same since v5.12)
+        if self.sched is not None:
+            self.slots_lock.lock(self.sched, "kvm_set_memory_region")
         try:
-            change = self.memslots.set_user_memory_region(
-                as_id, slot, flags, guest_phys_addr, memory_size, userspace_addr)
-        except MemslotUpdateError as e:
-            self.obs.error = e.errno_name
-            self.obs.note = e.why
-            return
-        self.obs.note = change.kind
-        if change.kind in ("delete", "move") and change.old is not None:
-            # the old slot is marked invalid and every mapping of it is zapped and flushed
-            # before the new array is published: kvm_arch_flush_shadow_memslot
+            try:
+                change = self.memslots.prepare(as_id, slot, flags, guest_phys_addr, memory_size, userspace_addr)
+            except MemslotUpdateError as e:
+                self.obs.error = e.errno_name
+                self.obs.note = e.why
+                return
+            self.obs.note = change.kind
+            if change.kind == "none":
+                return
+            self.kvm_set_memslot(change)
+        finally:
+            if self.sched is not None:
+                self.slots_lock.unlock(self.sched)
+
+    def kvm_set_memslot(self, change) -> None:
+        # v5.13 virt/kvm/kvm_main.c kvm_set_memslot: for DELETE and MOVE, first publish a copy
+        # with the old slot marked KVM_MEMSLOT_INVALID (install_new_memslots waits out srcu
+        # readers), then zap and flush every mapping of it (kvm_arch_flush_shadow_memslot),
+        # then publish the final array; each step is a point where other tasks run
+        if change.kind in ("delete", "move"):
+            self.install_new_memslots(lambda: self.memslots.mark_invalid(change.old))
             self.mmu_lock()
             self.kvm_arch_flush_shadow_memslot(change.old)
             self.mmu_unlock()
+        self.install_new_memslots(lambda: self.memslots.commit(change))
         if change.kind in ("delete", "move"):
             # a fault that raced with the update finds its slot gone and is retried
             for f in self.faults.values():
                 if f.slot is not None and f.slot.key == change.old.key:
                     f.slot = None
+
+    def install_new_memslots(self, publish) -> None:
+        # v5.13 virt/kvm/kvm_main.c install_new_memslots: publish the new array (rcu_assign_pointer),
+        # then synchronize_srcu_expedited so no walker or fault still uses the old one
+        publish()
+        self.synchronize_srcu_expedited()
 
     def kvm_arch_flush_shadow_memslot(self, slot: Memslot) -> None:
         # default for every arch: drop every leaf of the slot, then flush them all
@@ -207,10 +289,16 @@ class Kvm:
         # smp_rmb(); then the pfn is looked up through the host page table
         if fault in self.faults:
             raise ModelError(f"fault {fault} begun twice")
+        if self.sched is not None:
+            # the vCPU is inside kvm->srcu for the whole fault (vcpu_run holds it)
+            self.fault_srcu[fault] = self.srcu_read_lock()
         if not 0 <= as_id < self.address_space_num:
             self.faults[fault] = PendingFault(as_id, gfn, write, self.mmu_notifier_seq, None, None, None)
             return
         slot = self.memslots.find_gfn(as_id, gfn)
+        if slot is not None and slot.flags & KVM_MEMSLOT_INVALID:
+            # v5.13 virt/kvm/kvm_main.c __gfn_to_hva_many: an INVALID slot gives KVM_HVA_ERR_BAD
+            slot = None
         hva = slot.gfn_to_hva(gfn) if slot else None
         pte = self.host.lookup(hva) if slot else None
         self.faults[fault] = PendingFault(as_id, gfn, write, self.mmu_notifier_seq, slot, hva, pte)
@@ -219,6 +307,15 @@ class Kvm:
         f = self.faults.pop(fault, None)
         if f is None:
             raise ModelError(f"fault {fault} committed without fault_begin")
+        if self.sched is not None and fault in self.fault_srcu:
+            try:
+                self._fault_commit(f)
+            finally:
+                self.srcu_read_unlock(self.fault_srcu.pop(fault))
+            return
+        self._fault_commit(f)
+
+    def _fault_commit(self, f: PendingFault) -> None:
         if f.slot is None or f.pte is None:
             self.obs.note = "no memslot" if f.slot is None else "no host page"
             return

@@ -63,6 +63,7 @@ class KvmMainV5_13(Kvm):
             return 0
         ret = False
         locked = False
+        idx = self.srcu_read_lock()
         if r.on_lock is not None:
             # range_start/end: lock up front, run the hook on the raw (unclamped) range
             locked = True
@@ -70,6 +71,7 @@ class KvmMainV5_13(Kvm):
             r.on_lock(r.start, r.end)
             if r.handler is None:
                 self.mmu_unlock()
+                self.srcu_read_unlock(idx)
                 return 0          # goto out_unlock: no walk and no flush test
         handler = getattr(self, r.handler)
         for as_id in range(self.address_space_num):
@@ -92,7 +94,18 @@ class KvmMainV5_13(Kvm):
             self.kvm_flush_remote_tlbs()
         if locked:
             self.mmu_unlock()
+        self.srcu_read_unlock(idx)
         return int(ret)
+
+    def gfn_range_of(self, slot: Memslot, r: KvmHvaRange) -> KvmGfnRange | None:
+        """The clamp of the walker: the gfns of `slot` whose pages meet [r.start, r.end), or None."""
+        hva_start = max(r.start, slot.hva_start)
+        hva_end = min(r.end, slot.hva_end)
+        if hva_start >= hva_end:
+            return None
+        page = 1 << self.page_shift
+        return KvmGfnRange(slot=slot, start=slot.hva_to_gfn(hva_start),
+                           end=slot.hva_to_gfn(hva_end + page - 1), pte=r.pte, may_block=r.may_block)
 
     def kvm_handle_hva_range(self, start: int, end: int, pte: HostPte | None, handler: str) -> int:
         # v5.13 virt/kvm/kvm_main.c kvm_handle_hva_range: flush_on_ret, never blocks

@@ -9,7 +9,7 @@ path (v5.12 and v5.13 virt/kvm/kvm_main.c __kvm_set_memory_region agree on these
 from __future__ import annotations
 
 import errno
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT
@@ -28,6 +28,8 @@ def pages_per_level(level: int, page_shift: int = PAGE_SHIFT) -> int:
 # KVM_SET_USER_MEMORY_REGION flags (include/uapi/linux/kvm.h, v5.12/v5.13).
 KVM_MEM_LOG_DIRTY_PAGES = 1 << 0
 KVM_MEM_READONLY = 1 << 1
+# include/linux/kvm_host.h (v5.13): set on the copy of a slot being deleted or moved
+KVM_MEMSLOT_INVALID = 1 << 16
 
 
 class MemslotUpdateError(Exception):
@@ -123,7 +125,28 @@ class Memslots:
     def set_user_memory_region(self, as_id: int, slot_id: int, flags: int,
                                guest_phys_addr: int, memory_size: int,
                                userspace_addr: int) -> MemslotChange:
-        """Validate and apply one KVM_SET_USER_MEMORY_REGION.
+        """Validate and apply one KVM_SET_USER_MEMORY_REGION in one step."""
+        change = self.prepare(as_id, slot_id, flags, guest_phys_addr, memory_size, userspace_addr)
+        self.commit(change)
+        return change
+
+    def mark_invalid(self, slot: Memslot) -> None:
+        """Publish the copy of `slot` flagged KVM_MEMSLOT_INVALID (DELETE/MOVE, first install)."""
+        self._by_as[slot.as_id][slot.id] = replace(slot, flags=slot.flags | KVM_MEMSLOT_INVALID)
+
+    def commit(self, change: MemslotChange) -> None:
+        """Publish the final array of a validated update."""
+        if change.kind == "none":
+            return
+        if change.kind == "delete":
+            self._by_as[change.old.as_id].pop(change.old.id, None)
+        else:
+            self._by_as[change.new.as_id][change.new.id] = change.new
+
+    def prepare(self, as_id: int, slot_id: int, flags: int,
+                guest_phys_addr: int, memory_size: int,
+                userspace_addr: int) -> MemslotChange:
+        """Validate one KVM_SET_USER_MEMORY_REGION and say what it changes (nothing applied).
 
         v5.12 virt/kvm/kvm_main.c kvm_vm_ioctl_set_memory_region, check_memory_region_flags,
         __kvm_set_memory_region; raises MemslotUpdateError with KVM's errno."""
@@ -157,7 +180,6 @@ class Memslots:
         if npages == 0:
             if old is None:
                 raise MemslotUpdateError("EINVAL", f"delete of as{as_id}/slot{slot_id}, which does not exist")
-            del self._by_as[as_id][slot_id]
             return MemslotChange("delete", old, None)
 
         if old is None:
@@ -184,7 +206,6 @@ class Memslots:
                     continue
                 raise MemslotUpdateError(
                     "EEXIST", f"gfn [{base_gfn:#x},{base_gfn + npages:#x}) overlaps {other.describe()}")
-        self._by_as[as_id][slot_id] = new
         return MemslotChange(kind, old, new)
 
 
@@ -203,6 +224,11 @@ class HostPageTable:
     def __init__(self, page_shift: int = PAGE_SHIFT):
         self.page_shift = page_shift
         self.ptes: dict[int, HostPte] = {}
+        # the mm's invalidations whose range_start has returned and whose range_end has not
+        # begun, as (task, start, end): no secondary MMU may map their pages then (task mode)
+        self.open_invalidations: list[tuple[str, int, int]] = []
+        # tasks from their call of range_start to the return of the matching range_end
+        self.invalidating: list[str] = []
 
     def lookup(self, hva: int) -> HostPte | None:
         return self.ptes.get(hva >> self.page_shift)

@@ -197,6 +197,25 @@ class X86ShadowV5_13(X86ShadowMmu, KvmMainV5_13):
         return self.kvm_handle_gfn_range(range, self.kvm_test_age_rmapp, "kvm_test_age_rmapp")
 
 
+class X86ShadowSyncPageFlushes_6bc6db000295(X86ShadowMmu):
+    """6bc6db000295 "KVM: X86: Remove tlbs_dirty" (v5.15): FNAME(sync_page) no longer defers
+    its flush through kvm->tlbs_dirty; the dropped SPTE is flushed before mmu_lock is released."""
+
+    def sync_page(self, as_id: int, gfn: int) -> None:
+        # v5.15 arch/x86/kvm/mmu/paging_tmpl.h FNAME(sync_page): the caller flushes what it dropped
+        leaf = self.leaves.get((as_id, gfn, LEVEL_4K))
+        if leaf is None:
+            self.obs.note = "no 4K SPTE to drop"
+            return
+        self.mmu_lock()
+        self.zap_leaf(leaf)
+        self.kvm_flush_remote_tlbs("kvm_sync_page")
+        self.mmu_unlock()
+
+
+# commits after v5.13 that change what this arch's handlers do, from the version that has them
+LATER_OVERRIDES = [("v5.15", X86ShadowSyncPageFlushes_6bc6db000295)]
+
 MODELS = {"x86-shadow": {
     "v5.12": (X86ShadowV5_12, ""),
     "v5.13-rc1": (X86ShadowV5_13, "no x86 legacy-MMU or kvm_main.c notifier change between v5.13-rc1 and v5.13"),

@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from .kvm import PendingFault
 from .kvm_main_v5_13 import KvmGfnRange
 from .machine import KVM_MEM_READONLY, LEVEL_1G, LEVEL_4K, HostPte, Leaf, pages_per_level
-from .x86_shadow import X86ShadowMmu, X86ShadowV5_12, X86ShadowV5_13
+from .x86_shadow import LATER_OVERRIDES, X86ShadowMmu, X86ShadowV5_12, X86ShadowV5_13  # noqa: F401 (LATER_OVERRIDES: same for TDP)
 
 ROOT_LEVEL = 4                    # PT64_ROOT_4LEVEL: a 4-level EPT/NPT root
 MAX_GFN = 1 << (52 - 12)          # 1 << (shadow_phys_bits - PAGE_SHIFT) on a 52-bit host: whole root
