@@ -186,21 +186,36 @@ def cmd_replay(args) -> int:
     an entry that cannot be loaded, is not a kernel-possible trace (fuzz.wellformed), names a
     model that does not load, shows something else than it records, or shows a divergence the
     known list does not explain (recorded or not) unless one of its versions is a candidate.
-    Exit 2 only for the whole call: no entries under the paths, a missing path, a bad known list."""
+    Exit 2 (input error, one line on stderr after the summary) when an entry is not a corpus
+    entry at all (unreadable, not JSON, a bad field) or names a model that does not load, and
+    for the whole call: no entries under the paths, a missing path, a bad known list."""
     known = load_known()
     paths = corpus.entries_under([Path(p) for p in args.paths])
     if not paths:
         raise UsageError("replay: no corpus entries under " + " ".join(args.paths))
     bad = 0
+    unusable: list[str] = []           # entries that are input errors
     for path in paths:
         try:
             entry = corpus.load(path)
-            check_well_formed(entry.events, str(path))
-            got = run_trace(entry.events, entry.arch, _side(entry.arch, entry.old),
-                            _side(entry.arch, entry.new), known).divergences
+            sides = _side(entry.arch, entry.old), _side(entry.arch, entry.new)
         except (TraceError, ModelLoadError, CandidateError) as e:
             bad += 1
-            print(f"FAIL {e}" if str(path) in str(e) else f"FAIL {path}: {e}")
+            unusable.append(str(e) if str(e).startswith(str(path)) else f"{path}: {e}")
+            print(f"FAIL {unusable[-1]}")
+            continue
+        try:
+            check_well_formed(entry.events, str(path))
+        except TraceError as e:         # loads, but the kernel could not have sent it
+            bad += 1
+            print(f"FAIL {e}")
+            continue
+        try:
+            got = run_trace(entry.events, entry.arch, *sides, known).divergences
+        except CandidateError as e:
+            bad += 1
+            unusable.append(f"{path}: {e}")
+            print(f"FAIL {unusable[-1]}")
             continue
         shown = sorted(d.signature for d in got)
         untriaged = sorted(d.signature for d in got if not d.known)
@@ -230,6 +245,10 @@ def cmd_replay(args) -> int:
             print(f"FAIL {path}: " + "; ".join(
                 [f"no longer shows {m}" for m in missing] + [f"now also shows {x}" for x in extra]))
     print(f"replay: {len(paths) - bad} passed, {bad} failed")
+    if unusable:
+        more = f" (and {len(unusable) - 1} more unusable entries)" if len(unusable) > 1 else ""
+        print(f"memslot-fuzz: {unusable[0]}{more}", file=sys.stderr)
+        return 2
     return 1 if bad else 0
 
 
