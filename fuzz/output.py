@@ -7,9 +7,10 @@ writes under `--out`:
   directory (created with mode 0666 & ~umask, as `open()` would, not mkstemp's 0600), flushed
   to disk, then renamed over the name;
 * an existing character or block device or FIFO is written through: opened for writing and
-  written, never replaced, truncated or unlinked (`--report /dev/stdout` works, `/dev/full`
+  written, never replaced, truncated or unlinked (`--report /dev/null` discards it, `/dev/full`
   reports "no space left on device");
-* a symbolic link is refused: it is neither followed nor replaced (name its target instead);
+* a symbolic link is refused: it is neither followed nor replaced (name its target instead;
+  /dev/stdout is a symlink too);
 * anything else (a directory, a socket) is refused.
 
 Every failure is an OutputError whose message is one line naming the option, the path and
