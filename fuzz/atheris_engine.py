@@ -281,9 +281,11 @@ def run_atheris_stats(arch: str, old: str, new: str, max_time: float, out_dir: P
     jobs > 1 uses libFuzzer's fork mode (-fork=jobs -ignore_crashes=1) so one divergence does
     not end the run; with jobs == 1 the target is relaunched after each new divergence while
     time remains.  Either way a signature already saved under out_dir is not a crash again
-    (MEMSLOT_FUZZ_SKIP_SAVED), so each launch finds something else.  Crash artifacts and
-    libFuzzer logs go to a temporary directory that is removed.  Ctrl-C stops the target and
-    returns what was saved (interrupted=True).
+    (MEMSLOT_FUZZ_SKIP_SAVED), so each launch finds something else, but it is listed in
+    `paths` whenever this run meets it, saved by this run or an earlier one.  Crash artifacts
+    and libFuzzer logs go to a temporary directory that is removed.  SIGINT or SIGTERM
+    (a KeyboardInterrupt here) stops the target and returns what was saved (interrupted=True).
+    The target and its fork-mode workers die with this process, however it dies.
     """
     out_dir = Path(out_dir)
     res = AtherisRun()
@@ -332,8 +334,19 @@ def _collect(manifest: Path, res: AtherisRun) -> None:
 def _launch(cmd: list[str], env: dict, cwd: Path, res: AtherisRun, progress: Progress | None,
             manifest: Path) -> int:
     base_events, base_execs = res.events, res.execs     # figures of earlier launches of this run
-    proc = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, errors="replace", start_new_session=True)
+    from .lifetime import Lifeline, preexec_die_with_parent
+    # the target dies with us (parent death signal), and so do its fork-mode workers, which
+    # libFuzzer starts through `sh -c` (the lifeline: a pipe only we can keep open)
+    lifeline = Lifeline()
+    try:
+        proc = subprocess.Popen(cmd, env={**env, **lifeline.env()}, cwd=cwd, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True, errors="replace",
+                                start_new_session=True, pass_fds=(lifeline.read_fd,),
+                                preexec_fn=preexec_die_with_parent(os.getpid()))
+    except BaseException:
+        lifeline.close()
+        raise
+    lifeline.started()
     try:
         assert proc.stdout is not None
         for line in proc.stdout:
@@ -356,13 +369,14 @@ def _launch(cmd: list[str], env: dict, cwd: Path, res: AtherisRun, progress: Pro
             elif line.startswith("memslot-fuzz-atheris: NEW") and progress:
                 progress(res, "found:" + line)
         return proc.wait()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:          # SIGINT or SIGTERM (fuzz.lifetime.Interrupted)
         res.interrupted = True
         _stop(proc)
         return proc.returncode if proc.returncode is not None else -signal.SIGINT
     finally:
         if proc.poll() is None:
             _stop(proc)
+        lifeline.close()
 
 
 def _stop(proc: subprocess.Popen) -> None:
@@ -408,10 +422,11 @@ def run_atheris(arch: str, old: str, new: str, max_time: float, out_dir: Path,
     return run_atheris_stats(arch, old, new, max_time, out_dir, corpus_dir, jobs, extra_args).paths
 
 
-def load_results(paths: list[Path], known) -> list[tuple[object, Path]]:
+def load_results(paths: list[Path], known, signatures: Mapping[Path, str] | None = None
+                 ) -> list[tuple[object, Path]]:
     """(Divergence, file) for each saved file, as the report wants them: each file's trace is
-    replayed and the divergence it was saved for (the note's signature, else its first
-    new one) is returned with `trace` set."""
+    replayed and the divergence it was saved for (signatures[file], else the note's
+    signature, else its first new one) is returned with `trace` set."""
     from impls import registry
 
     from . import corpus
@@ -423,7 +438,7 @@ def load_results(paths: list[Path], known) -> list[tuple[object, Path]]:
                          Side(entry.new, registry.resolve(entry.arch, entry.new)), known).divergences
         if not divs:
             continue
-        want = entry.note.rpartition(": ")[2]
+        want = (signatures or {}).get(p) or entry.note.rpartition(": ")[2]
         d = next((x for x in divs if x.signature == want), None) or \
             next((x for x in divs if not x.known), divs[0])
         d.trace = entry.events

@@ -17,6 +17,8 @@ import os
 import sys
 from pathlib import Path
 
+PARENT = os.getppid()      # before anything slow: a parent that dies from here on is noticed
+
 if not getattr(sys, "frozen", False):          # run from a checkout: make the packages importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -83,32 +85,41 @@ def _setup():
 
 def main() -> None:
     cfg, old, new, known = _setup()
-    from fuzz import corpus
-    from fuzz.atheris_engine import decode, saved_signatures
+    from fuzz import corpus, lifetime
+    from fuzz.atheris_engine import decode
+    # never outlive the launcher, nor (fork mode) the libFuzzer process that started this one
+    lifetime.die_with_parent(PARENT)
+    lifetime.watch_lifeline()
     from fuzz.engine import Job, minimized
     from fuzz.mutator import mutate
     from fuzz.runner import run_trace
 
     gen = cfg.gen_config(old.cls.address_space_num)
     job = Job(cfg.arch, old, new, 0.0, 0, cfg.out_dir, gen, minimize_seconds=cfg.minimize_seconds)
-    handled: set[str] = saved_signatures(cfg.out_dir, cfg.arch, cfg.old, cfg.new) if cfg.skip_saved else set()
+    handled: set[str] = set()
 
-    def save(d, events) -> Path:
-        if cfg.minimize_seconds > 0:
-            d = minimized(events[:d.event_index + 1], job, known, d, cfg.minimize_seconds)
-        else:
-            d.trace = events[:d.event_index + 1]
-        shown = [x.signature for x in run_trace(d.trace, cfg.arch, old, new, known).divergences]
-        entry = corpus.CorpusEntry(cfg.arch, cfg.old, cfg.new, shown, d.trace,
-                                   note=f"found by memslot-fuzz atheris: {d.signature}")
-        path = corpus.save(entry, cfg.out_dir)
+    def save(d, events) -> tuple[Path, bool]:
+        """The one file for d's signature, saved now (True) or found saved already by an
+        earlier run or another fork-mode worker (False); in the manifest either way, so the
+        run reports everything it met."""
+        path = corpus.path_for(cfg.out_dir, cfg.arch, d.signature)
+        created = False
+        if not path.is_file():
+            if cfg.minimize_seconds > 0:
+                d = minimized(events[:d.event_index + 1], job, known, d, cfg.minimize_seconds)
+            else:
+                d.trace = events[:d.event_index + 1]
+            shown = [x.signature for x in run_trace(d.trace, cfg.arch, old, new, known).divergences]
+            entry = corpus.CorpusEntry(cfg.arch, cfg.old, cfg.new, shown, d.trace,
+                                       note=f"found by memslot-fuzz atheris: {d.signature}")
+            path, created = corpus.save_divergence_entry(entry, cfg.out_dir, d.signature)
         if cfg.manifest:
             fd = os.open(cfg.manifest, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             try:
                 os.write(fd, f"{path.resolve()}\t{d.signature}\n".encode())
             finally:
                 os.close(fd)
-        return path
+        return path, created
 
     import time
     stats = {"events": 0, "traces": 0, "start": time.monotonic(), "tick": time.monotonic()}
@@ -132,9 +143,11 @@ def main() -> None:
                     handled.add(d.signature)
                     save(d, events)
                 continue
-            path = save(d, events)              # on disk before libFuzzer hears of it
+            path, created = save(d, events)     # on disk before libFuzzer hears of it
             if cfg.skip_saved:
                 handled.add(d.signature)
+                if not created:
+                    continue        # saved before: in the manifest, but not a crash again
             print(f"memslot-fuzz-atheris: NEW {d.signature} ({d.wrong_side} wrong, "
                   f"event {d.event_index}: {d.detail}) -> {path}", file=sys.stderr, flush=True)
             raise DivergenceFound(f"{d.signature}: saved to {path}")

@@ -9,14 +9,19 @@
 * `die_with_parent(parent_pid)` in a worker right after fork: the kernel sends the worker
   SIGKILL when its parent dies, however it dies (prctl PR_SET_PDEATHSIG, Linux only), and a
   parent that died before the prctl took effect is caught by comparing getppid().
+* `Lifeline` / `watch_lifeline()` for grandchildren started by programs we do not control
+  (libFuzzer's fork mode): they end when the pipe's write end, held by us alone, closes.
 """
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import signal
 import sys
+import threading
+from contextlib import contextmanager
 
 PR_SET_PDEATHSIG = 1
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -32,12 +37,13 @@ class Interrupted(KeyboardInterrupt):
 
 _received: list[int] = []          # stop signals received by this process, in order
 _quiet_repeat = [False]            # a worker does not announce repeated signals
+_holding: list[bool] = []          # inside deferred(): a first signal is noted, not raised
 
 
 def _on_stop_signal(signum, frame) -> None:
     first = not _received
     _received.append(signum)
-    if first:
+    if first and not _holding:
         raise Interrupted(signum)
     if not _quiet_repeat[0]:
         print(f"memslot-fuzz: {signal.Signals(signum).name} again: still saving and reporting "
@@ -47,9 +53,51 @@ def _on_stop_signal(signum, frame) -> None:
 def install_stop_handlers() -> None:
     """SIGINT and SIGTERM raise Interrupted once, then are ignored while the run winds up."""
     _received.clear()
+    _holding.clear()
     _quiet_repeat[0] = False
     for s in STOP_SIGNALS:
         signal.signal(s, _on_stop_signal)
+
+
+@contextmanager
+def stop_handlers():
+    """install_stop_handlers() for the block, the previous handlers after it (main thread only:
+    elsewhere Python cannot set handlers and the block runs with the ones it has)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+    install_stop_handlers()
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
+def with_stop_handlers(func):
+    """Decorator: run `func` inside stop_handlers()."""
+    @functools.wraps(func)
+    def run(*args, **kwargs):
+        with stop_handlers():
+            return func(*args, **kwargs)
+    return run
+
+
+@contextmanager
+def deferred():
+    """A block that must finish (saving what was found, writing the report): a stop signal
+    that arrives inside it is noted (see stop_signal()) instead of raised."""
+    _holding.append(True)
+    try:
+        yield
+    finally:
+        _holding.pop()
+
+
+def hold() -> None:
+    """From now on (the run is winding up: summary, report) a stop signal is noted, not raised."""
+    _holding.append(True)
 
 
 def stop_signal() -> int | None:
@@ -87,6 +135,56 @@ def die_with_parent(parent_pid: int | None = None) -> None:
             raise OSError(err, f"prctl(PR_SET_PDEATHSIG): {os.strerror(err)}")
     if os.getppid() != expected:
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+LIFELINE_ENV = "MEMSLOT_FUZZ_LIFELINE"
+
+
+class Lifeline:
+    """For programs that start their own children where we cannot reach (libFuzzer's fork
+    mode runs each worker as `sh -c python3 ...`, and a parent death signal would only tie
+    the worker to that shell): a pipe whose write end only this process holds.  Descendants
+    inherit the read end (`pass_fds`, `env`) and call watch_lifeline(): when this process
+    dies, however it dies, the kernel closes the write end and every one of them ends."""
+
+    def __init__(self):
+        self.read_fd, self.write_fd = os.pipe()      # neither is inherited unless passed
+
+    def env(self) -> dict[str, str]:
+        return {LIFELINE_ENV: str(self.read_fd)}
+
+    def started(self) -> None:
+        """The child has it now: this process keeps only the write end."""
+        if self.read_fd >= 0:
+            os.close(self.read_fd)
+            self.read_fd = -1
+
+    def close(self) -> None:
+        """End every process still watching (the program has ended; stragglers go too)."""
+        self.started()
+        if self.write_fd >= 0:
+            os.close(self.write_fd)
+            self.write_fd = -1
+
+
+def watch_lifeline(env=None) -> bool:
+    """In a process started under a Lifeline: SIGKILL this process once the lifeline's owner
+    is gone.  False if there is no lifeline in the environment."""
+    raw = (os.environ if env is None else env).get(LIFELINE_ENV, "")
+    if not raw.isdigit():
+        return False
+    fd = int(raw)
+
+    def watch() -> None:
+        try:
+            while os.read(fd, 1):
+                pass
+        except OSError:
+            pass
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="memslot-fuzz-lifeline", daemon=True).start()
+    return True
 
 
 def preexec_die_with_parent(parent_pid: int):
