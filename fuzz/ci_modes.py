@@ -12,6 +12,9 @@ themselves) and add what they find to STATE/corpus/<arch>/.  Divergences not on 
 are minimized and saved under OUT/<arch>/ (OUT default memslot-fuzz-out); the mode "fails"
 when there is one.  prune replaces each STATE/corpus/<arch>/ by the smallest subset with the
 same coverage (libFuzzer -merge=1 into a fresh directory, then a swap by rename).
+batch also fuzzes the input loaders (fuzz/loader_target.py) for LOADER_SECONDS (ten minutes)
+after the architectures, corpus in STATE/loader-corpus/; an input a loader fails on is saved
+under OUT/loader-crashes/ and fails the mode (copy it to tests/data/loader_crashes/ with the fix).
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ from .atheris_engine import (REPO, TARGET, TargetConfig, console_progress, run_a
 
 MODES = ("code-change", "batch", "prune")
 DEFAULT_SECONDS = {"code-change": 120.0, "batch": 3600.0, "prune": 600.0}
+LOADER_SECONDS = 600.0          # batch's loader-fuzzing slice, on top of --seconds
 
 
 class CiError(ValueError):
@@ -56,11 +60,14 @@ class CiResult:
     signatures: dict[Path, str] = field(default_factory=dict)
     seconds: float = 0.0
     interrupted: bool = False
+    loader_crashes: list[Path] = field(default_factory=list)  # inputs a loader failed on (batch)
+    loader_execs: int = 0
 
     @property
     def failed(self) -> bool:
-        """A divergence outside the known list was found (the CI job should fail)."""
-        return bool(self.paths)
+        """A divergence outside the known list was found, or a loader failed on an input with
+        something else than its one-line input error (the CI job should fail)."""
+        return bool(self.paths) or bool(self.loader_crashes)
 
 
 def _inputs(d: Path) -> int:
@@ -71,11 +78,13 @@ def ci_mode(mode: str, seconds: float | None = None, jobs: int = 1, arches: list
             old: str = "v5.12", new: str = "v5.13", state_dir: Path = Path("memslot-fuzz-out/ci"),
             out_dir: Path = Path("memslot-fuzz-out"), corpus_root: Path = REPO / "corpus",
             minimize_seconds: float = 5.0, quiet: bool = False,
-            extra_args: list[str] | tuple[str, ...] = ()) -> CiResult:
+            extra_args: list[str] | tuple[str, ...] = (),
+            loader_seconds: float | None = None) -> CiResult:
     """Run one CI mode over `arches` (default: every implemented arch), `seconds` in all
     (default per mode: code-change 120, batch 3600, prune 600), split evenly over arches.
     Returns per-arch figures and the divergence files written; Ctrl-C stops cleanly with
-    what was found saved (interrupted=True)."""
+    what was found saved (interrupted=True).  batch then fuzzes the loaders for
+    `loader_seconds` (default LOADER_SECONDS; 0: not)."""
     from impls import registry
     if mode not in MODES:
         raise CiError(f"ci: --mode {mode!r}: expected one of {', '.join(MODES)}")
@@ -118,6 +127,20 @@ def ci_mode(mode: str, seconds: float | None = None, jobs: int = 1, arches: list
         if run.interrupted:
             res.interrupted = True
             break
+    loader_seconds = (LOADER_SECONDS if mode == "batch" else 0.0) if loader_seconds is None else loader_seconds
+    if loader_seconds > 0 and not res.interrupted:
+        from .loader_target import fuzz_loaders
+        if not quiet:
+            print(f"  [{mode} loaders] {loader_seconds:.0f}s over the trace, corpus-entry, "
+                  "known-list and report loaders", file=sys.stderr, flush=True)
+        lcorpus, lcrashes = state_dir / "loader-corpus", out_dir / "loader-crashes"
+        with output.errors(lcorpus, "--state", "cannot create directory"):
+            lcorpus.mkdir(parents=True, exist_ok=True)
+        with output.errors(lcrashes, "--out", "cannot create directory"):
+            lcrashes.mkdir(parents=True, exist_ok=True)
+        lr = fuzz_loaders(loader_seconds, lcorpus, lcrashes)
+        res.loader_crashes, res.loader_execs = lr.crashes, lr.execs
+        res.interrupted |= lr.interrupted
     res.seconds = time.monotonic() - started
     return res
 
@@ -169,3 +192,7 @@ def print_summary(res: CiResult, stream=None) -> None:
     for p in res.paths:
         print(f"  NEW {res.signatures.get(p, '?')}\n      -> {p}", file=out)
     print(f"  {len(res.paths)} new divergence(s)", file=out)
+    if res.loader_execs or res.loader_crashes:
+        print(f"  loaders: {res.loader_execs} inputs, {len(res.loader_crashes)} failed", file=out)
+    for p in res.loader_crashes:
+        print(f"  LOADER BUG (replay: fuzz/loader_target.py {p}) -> {p}", file=out)

@@ -39,33 +39,58 @@ class KnownEntry:
 
 
 def load_known(directory: Path = KNOWN_DIR) -> list[KnownEntry]:
+    """Every entry of directory/*.toml (the file's stem is the arch, or "all")."""
     entries: list[KnownEntry] = []
-    for path in sorted(directory.glob("*.toml")):
+    for path in sorted(Path(directory).glob("*.toml")):
         try:
-            doc = tomllib.loads(path.read_text())
-        except tomllib.TOMLDecodeError as e:
-            raise KnownListError(f"{path}: not valid TOML: {e}") from None
-        for i, raw in enumerate(doc.get("known", [])):
-            where = f"{path.name} entry {i}"
-            for need in ("explanation", "source", "class"):
-                if not str(raw.get(need, "")).strip():
-                    raise KnownListError(f"{path}: entry {i}: field {need!r} is required")
-            unknown = set(raw) - set(MATCH_FIELDS) - {"explanation", "source"}
-            if unknown:
-                raise KnownListError(f"{path}: entry {i}: unknown field {sorted(unknown)[0]!r}")
-            for c in raw["class"] if isinstance(raw["class"], list) else [raw["class"]]:
-                if c not in CLASSES:
-                    raise KnownListError(f"{path}: entry {i}: class {c!r} is not one of {', '.join(CLASSES)}")
-            match = []
-            for k in MATCH_FIELDS:
-                if k in raw:
-                    v = raw[k]
-                    vals = v if isinstance(v, list) else [v]
-                    if not vals or not all(isinstance(x, str) and x for x in vals):
-                        raise KnownListError(f"{path}: entry {i}: field {k!r} must be a string or a list of strings")
-                    match.append((k, frozenset(vals)))
-            entries.append(KnownEntry(path.stem, tuple(match), raw["explanation"].strip(),
-                                      raw["source"].strip(), where))
+            text = path.read_bytes().decode("utf-8")
+        except OSError as e:
+            raise KnownListError(f"{path}: cannot read: {e.strerror}") from None
+        except UnicodeDecodeError as e:
+            raise KnownListError(f"{path}: not UTF-8 (byte {e.start})") from None
+        entries += loads_known(text, path)
+    return entries
+
+
+def loads_known(text: str, path: Path | str = "<known>") -> list[KnownEntry]:
+    """The entries of one known-list file's TOML text; `path` names it in errors, and its
+    stem is the arch the entries hold on ("all": every arch).  Raises KnownListError, one line."""
+    path = Path(path)
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise KnownListError(f"{path}: not valid TOML: {e}") from None
+    except RecursionError:
+        raise KnownListError(f"{path}: not valid TOML: nested too deeply") from None
+    known = doc.get("known", [])
+    if not isinstance(known, list):
+        raise KnownListError(f"{path}: field 'known' must be an array of tables ([[known]])")
+    entries: list[KnownEntry] = []
+    for i, raw in enumerate(known):
+        where = f"{path.name} entry {i}"
+        if not isinstance(raw, dict):
+            raise KnownListError(f"{path}: entry {i}: expected a table, got {type(raw).__name__}")
+        for need in ("explanation", "source"):
+            if not isinstance(raw.get(need), str) or not raw[need].strip():
+                raise KnownListError(f"{path}: entry {i}: field {need!r} is required (a non-empty string)")
+        if "class" not in raw:
+            raise KnownListError(f"{path}: entry {i}: field 'class' is required")
+        unknown = set(raw) - set(MATCH_FIELDS) - {"explanation", "source"}
+        if unknown:
+            raise KnownListError(f"{path}: entry {i}: unknown field {sorted(unknown)[0]!r}")
+        match = []
+        for k in MATCH_FIELDS:
+            if k in raw:
+                v = raw[k]
+                vals = v if isinstance(v, list) else [v]
+                if not vals or not all(isinstance(x, str) and x for x in vals):
+                    raise KnownListError(f"{path}: entry {i}: field {k!r} must be a string or a list of strings")
+                match.append((k, frozenset(vals)))
+        for c in dict(match)["class"]:
+            if c not in CLASSES:
+                raise KnownListError(f"{path}: entry {i}: class {c!r} is not one of {', '.join(CLASSES)}")
+        entries.append(KnownEntry(path.stem, tuple(match), raw["explanation"].strip(),
+                                  raw["source"].strip(), where))
     return entries
 
 

@@ -1,0 +1,164 @@
+#!/usr/bin/env python3
+"""memslot-fuzz loader target: the tool's input loaders under atheris (libFuzzer).
+
+    fuzz/loader_target.py -max_total_time=600 CORPUS_DIR corpus/seeds corpus/x86-shadow oracles/known
+
+Each input is handed, as a file, to every loader of user input:
+
+    fuzz.trace.load            a trace file
+    fuzz.corpus.load           a corpus entry
+    oracles.triage.load_known  a known-list directory holding the input as its one .toml file
+    fuzz.report.validate_report   the input's JSON value, when it parses, as a report
+
+A loader may only raise the tool's one-line input error (`EXPECTED`: TraceError,
+KnownListError, ReportError, with a message of one line); any other exception, or a message
+of more than one line, is a bug: libFuzzer records the input as a crash.  tests/test_loaders.py
+replays every such input saved under tests/data/loader_crashes/.  `ci --mode batch` runs this
+target for ten minutes (fuzz/ci_modes.py).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+if not getattr(sys, "frozen", False):          # run from a checkout: make the packages importable
+    sys.path.insert(0, str(REPO))
+
+
+class LoaderBug(AssertionError):
+    """A loader's input error that is not one line."""
+
+
+def expected_errors() -> tuple[type[BaseException], ...]:
+    from fuzz.report import ReportError
+    from fuzz.trace import TraceError
+    from oracles.triage import KnownListError
+    return (TraceError, KnownListError, ReportError)
+
+
+def check_loaders(data: bytes, workdir: Path) -> list[str]:
+    """Run every loader on `data` (written under `workdir`).  Returns the one-line input errors
+    they raised; any other exception propagates (a bug), and so does LoaderBug for an input
+    error that is not one line."""
+    from fuzz import corpus, report, trace
+    from oracles import triage
+    expected = expected_errors()
+    entry = workdir / "input.json"
+    entry.write_bytes(data)
+    known_dir = workdir / "known"
+    known_dir.mkdir(exist_ok=True)
+    (known_dir / "x86-shadow.toml").write_bytes(data)
+    errors: list[str] = []
+
+    def attempt(load, *args) -> None:
+        try:
+            load(*args)
+        except expected as e:
+            msg = str(e)
+            if not msg or "\n" in msg or "\r" in msg:
+                raise LoaderBug(f"{load.__module__}.{load.__name__}: {type(e).__name__} is not one "
+                                f"line: {msg!r:.200}") from e
+            errors.append(msg)
+
+    attempt(trace.load, entry)
+    attempt(corpus.load, entry)
+    attempt(triage.load_known, known_dir)
+    try:
+        doc = json.loads(data)
+    except (ValueError, RecursionError):        # not JSON at all: nothing for the validator
+        return errors
+    attempt(report.validate_report, doc)
+    return errors
+
+
+@dataclass
+class LoaderRun:
+    crashes: list[Path] = field(default_factory=list)     # inputs a loader failed on
+    execs: int = 0
+    launches: int = 0
+    seconds: float = 0.0
+    interrupted: bool = False
+    log_tail: list[str] = field(default_factory=list)
+
+
+SEEDS = [REPO / "tests" / "data" / "loader_seeds", REPO / "tests" / "data" / "loader_crashes",
+         REPO / "corpus" / "seeds", REPO / "oracles" / "known"]
+_DONE = re.compile(r"^(?:#(\d+)\s+DONE|Done (\d+) runs)")
+
+
+def fuzz_loaders(seconds: float, corpus_dir: Path, crash_dir: Path, max_len: int = 16384,
+                 extra_args: list[str] | tuple[str, ...] = ()) -> LoaderRun:
+    """Run this target for `seconds`: libFuzzer's corpus in `corpus_dir` (kept), seeded from
+    SEEDS; each input a loader fails on is saved as crash_dir/crash-<sha1> and the target is
+    relaunched while time remains.  Ctrl-C or SIGTERM stop it (interrupted=True)."""
+    corpus_dir, crash_dir = Path(corpus_dir), Path(crash_dir)
+    corpus_dir.mkdir(parents=True, exist_ok=True)
+    crash_dir.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    res = LoaderRun()
+    started = time.monotonic()
+    before = set(crash_dir.iterdir())
+    while True:
+        left = seconds - (time.monotonic() - started)
+        if left < 1 and res.launches:
+            break
+        cmd = [sys.executable, str(Path(__file__).resolve()), f"-max_total_time={max(1, int(left))}",
+               f"-max_len={max_len}", f"-artifact_prefix={crash_dir.resolve()}/", *extra_args,
+               str(corpus_dir.resolve()), *(str(d) for d in SEEDS if d.is_dir())]
+        res.launches += 1
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, errors="replace", start_new_session=True)
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                res.log_tail = (res.log_tail + [line.rstrip("\n")])[-40:]
+                m = _DONE.match(line)
+                if m:
+                    res.execs += int(m.group(1) or m.group(2))
+            rc = proc.wait()
+        except KeyboardInterrupt:
+            res.interrupted = True
+            os.killpg(proc.pid, signal.SIGINT)
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+            break
+        new = set(crash_dir.iterdir()) - before - set(res.crashes)
+        res.crashes += sorted(new)
+        if rc == 0 or not new:
+            break           # time is up, or a failure that left no input (the target's own)
+    res.seconds = time.monotonic() - started
+    return res
+
+
+def main() -> None:
+    import atheris
+    with atheris.instrument_imports(include=["fuzz", "oracles"]):
+        import fuzz.corpus  # noqa: F401
+        import fuzz.report  # noqa: F401
+        import fuzz.trace  # noqa: F401
+        import oracles.triage  # noqa: F401
+    workdir = Path(tempfile.mkdtemp(prefix="memslot-loaders-"))
+
+    def test_one_input(data: bytes) -> None:
+        check_loaders(data, workdir)
+
+    atheris.Setup(sys.argv, test_one_input)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main()
