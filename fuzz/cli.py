@@ -67,6 +67,7 @@ def cmd_run(args) -> int:
     arches = registry.implemented_arches() if args.arch == "all" else [registry.check_arch(args.arch)]
     known = load_known()
     jobs = []
+    check_run_options(args)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 32)
     per_arch = args.max_time / len(arches)
     for i, arch in enumerate(arches):
@@ -77,7 +78,9 @@ def cmd_run(args) -> int:
         gen = GenConfig(address_space_num=probe.address_space_num, max_events=args.max_events,
                         aligned_only=args.aligned_only, x86_shadow_paging=arch.startswith("x86"))
         jobs.append(Job(arch, old, new, per_arch, seed + i, Path(args.out), gen,
-                        minimize_seconds=args.minimize_seconds, stop_on_new=args.stop_on_new))
+                        minimize_seconds=args.minimize_seconds, stop_on_new=args.stop_on_new,
+                        max_traces=args.max_traces,
+                        minimize_attempts=args.minimize_attempts if args.max_traces else None))
     print(f"memslot-fuzz: {', '.join(arches)}: {args.old} vs {args.new}, {args.max_time:g}s, "
           f"seed {seed}, saving to {args.out}/", file=sys.stderr)
     results = []
@@ -109,10 +112,23 @@ def cmd_run(args) -> int:
             failed = e
             results += latest       # what the job had saved before a write failed
             break
+        except KeyboardInterrupt:   # a stop signal outside an engine's loop: keep what it showed
+            results += latest
+            for r in latest:
+                r.interrupted = True
+            print("memslot-fuzz: interrupted; what was found is saved", file=sys.stderr)
+            break
         results.append(res)
+        res.interrupted |= lifetime.stop_signal() is not None
         if res.interrupted:
             print("memslot-fuzz: interrupted; what was found is saved", file=sys.stderr)
             break
+    lifetime.hold()                 # from here on a stop signal cannot cost the summary or report
+    interrupted = lifetime.stop_signal() is not None or any(r.interrupted for r in results)
+    cut = [r.job.arch for r in results if r.job.max_traces and r.stopped_by == "max-time"]
+    if cut:
+        print(f"memslot-fuzz: --max-time ended {', '.join(cut)} before --max-traces {args.max_traces}: "
+              "these findings depend on the machine's speed, not on the seed alone", file=sys.stderr)
     try:
         doc = report.build(results, seed, time.monotonic() - started, pictures=failed is None)
     except output.OutputError as e:     # a picture could not be written: report without pictures
@@ -121,14 +137,48 @@ def cmd_run(args) -> int:
     report.validate_report(doc)
     if args.report:
         try:
-            output.write_text(args.report, json.dumps(doc, indent=2) + "\n", "--report")
+            write_report(args, json.dumps(doc, indent=2) + "\n")
         except output.OutputError as e:
             failed = failed or e
     report.print_summary(doc, sys.stdout)
     if failed is not None:
         print(f"memslot-fuzz: {failed}", file=sys.stderr)
         return 2
+    if interrupted:
+        return lifetime.exit_code()     # 130 SIGINT, 143 SIGTERM: summary and report are written
     return 1 if doc["totals"]["new_divergences"] else 0
+
+
+def check_run_options(args) -> None:
+    """Before the run: options that cannot be honoured together, and one report per run."""
+    if args.max_traces is not None and args.engine != "random":
+        raise UsageError(f"--max-traces: only with --engine random (not {args.engine}): "
+                         "the other engines' budgets are time or coverage based")
+    path = Path(args.report) if args.report else None
+    if path is not None and not args.force_report and path.is_file() and not path.is_symlink():
+        raise UsageError(f"--report {path}: exists (another run's report); name a new file, "
+                         "or pass --force-report to replace it")
+
+
+def write_report(args, text: str) -> None:
+    """This run's report: onto a name nobody took since the run started (an exclusive create:
+    a run that started alongside this one and finished first keeps its report, and this one
+    goes next to it, said on stderr), or with --force-report over whatever is there (and
+    through a device or FIFO, by fuzz/output.py's rules)."""
+    path = Path(args.report)
+    if args.force_report or (path.exists() and not path.is_file()):
+        output.write_text(path, text, "--report")
+        return
+    with output.errors(path, "--report"):
+        if publish_new(path, text):
+            return
+        for n in range(2, 1000):
+            other = path.with_name(f"{path.stem}.{n}{path.suffix}")
+            if publish_new(other, text):
+                print(f"memslot-fuzz: --report {path}: written by another run meanwhile; "
+                      f"this run's report is {other}", file=sys.stderr)
+                return
+    raise output.OutputError(f"--report {path}: every alternative name is taken")
 
 
 def run_with_atheris(job: Job, args, known) -> JobResult:
@@ -143,10 +193,13 @@ def run_with_atheris(job: Job, args, known) -> JobResult:
         progress=None if args.quiet else atheris_engine.console_progress(label))
     res = JobResult(job, events=run.events, traces=run.execs, seconds=run.seconds,
                     interrupted=run.interrupted)
-    for d, path in atheris_engine.load_results(run.paths, known):
-        if d.signature not in res.saved:
-            res.saved[d.signature] = path
-            res.divergences.append(d)
+    # everything this run met, whether this run or an earlier one saved it (run.paths lists both)
+    with lifetime.deferred():
+        for d, path in atheris_engine.load_results(run.paths, known, run.signatures):
+            if d.signature not in res.saved:
+                res.saved[d.signature] = path
+                res.divergences.append(d)
+    res.interrupted |= lifetime.stop_signal() is not None
     return res
 
 
@@ -325,6 +378,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--stop-on-new", action="store_true",
                    help="stop an architecture's run at its first divergence not on the known list")
     r.add_argument("--quiet", action="store_true", help="no progress lines")
+    r.add_argument("--max-traces", type=argtypes.int_range(1), default=None, metavar="N",
+                   help="random engine: stop each architecture after N generated traces and bound "
+                        "minimization by --minimize-attempts, so the findings depend on the seed "
+                        "alone (--max-time stays a safety limit)")
+    r.add_argument("--minimize-attempts", type=argtypes.int_range(1), default=2000, metavar="N",
+                   help="with --max-traces: candidate traces tried per minimization (default 2000)")
+    r.add_argument("--force-report", action="store_true",
+                   help="replace an existing --report file (by default a run never overwrites "
+                        "another run's report)")
     c = sub.add_parser("ci", help="CI slices without Docker: code-change, batch, prune (atheris)")
     c.add_argument("--mode", required=True, choices=["code-change", "batch", "prune"])
     c.add_argument("--seconds", type=argtypes.positive_float, default=None, help="in all (default per mode)")
@@ -363,6 +425,7 @@ def check_outputs(args) -> None:
         output.check_file(args.html, "--html")
 
 
+@lifetime.with_stop_handlers      # SIGINT/SIGTERM: stop, save, summarize, report, exit 130/143
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -376,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print("memslot-fuzz: interrupted", file=sys.stderr)
-        return 130
+        return lifetime.exit_code()
 
 
 if __name__ == "__main__":
