@@ -93,6 +93,7 @@ def main() -> None:
     from fuzz.engine import Job, minimized
     from fuzz.mutator import mutate
     from fuzz.runner import run_trace
+    from fuzz.trace import repro_prefix
 
     gen = cfg.gen_config(old.cls.address_space_num)
     job = Job(cfg.arch, old, new, 0.0, 0, cfg.out_dir, gen, minimize_seconds=cfg.minimize_seconds)
@@ -106,9 +107,9 @@ def main() -> None:
         created = False
         if not path.is_file():
             if cfg.minimize_seconds > 0:
-                d = minimized(events[:d.event_index + 1], job, known, d, cfg.minimize_seconds)
+                d = minimized(repro_prefix(events, d.event_index), job, known, d, cfg.minimize_seconds)
             else:
-                d.trace = events[:d.event_index + 1]
+                d.trace = repro_prefix(events, d.event_index)
             shown = [x.signature for x in run_trace(d.trace, cfg.arch, old, new, known).divergences]
             entry = corpus.CorpusEntry(cfg.arch, cfg.old, cfg.new, shown, d.trace,
                                        note=f"found by memslot-fuzz atheris: {d.signature}")

@@ -21,9 +21,10 @@ from pathlib import Path
 
 from impls import registry
 from impls.registry import ModelLoadError
+from oracles.compare import Divergence
 from oracles.triage import KnownListError, is_candidate, load_known
 
-from . import argtypes, corpus, lifetime, output, report
+from . import argtypes, contain, corpus, lifetime, output, report
 from .publish import publish_new
 from .engine import Job, JobResult, console_progress, run_job, save_divergence
 from .hypothesis_engine import run_hypothesis
@@ -42,8 +43,9 @@ class UsageError(Exception):
 MAX_JOBS = 64
 
 
-def _side(arch: str, spec: str) -> Side:
-    return Side(spec, registry.resolve(arch, spec))
+def _side(arch: str, spec: str, timeout: float = contain.DEFAULT_TRACE_TIMEOUT) -> Side:
+    """Our model of `arch` at version `spec`, or a candidate (run only in its worker)."""
+    return contain.side(arch, spec, timeout)
 
 
 def cmd_list(args) -> int:
@@ -68,15 +70,18 @@ def cmd_run(args) -> int:
     known = load_known()
     jobs = []
     check_run_options(args)
+    check_candidate_engine(args)
+    load_failures: dict[str, Divergence] = {}
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 32)
     per_arch = args.max_time / len(arches)
     for i, arch in enumerate(arches):
-        old, new = _side(arch, args.old), _side(arch, args.new)
-        for s in (old, new):
-            s.make()      # a candidate whose constructor raises is an input error
-        probe = old.cls
+        old, new = _side(arch, args.old, args.trace_timeout), _side(arch, args.new, args.trace_timeout)
+        probe = contain.probe(arch, old, new, known)     # a candidate loads in its worker, never here
+        if probe.failure:                                # it crashed or hung at import/construction
+            load_failures[arch] = probe.failure
         gen = GenConfig(address_space_num=probe.address_space_num, max_events=args.max_events,
-                        aligned_only=args.aligned_only, x86_shadow_paging=arch.startswith("x86"))
+                        aligned_only=args.aligned_only, x86_shadow_paging=arch.startswith("x86"),
+                        tasks=args.tasks or probe.needs_tasks)
         jobs.append(Job(arch, old, new, per_arch, seed + i, Path(args.out), gen,
                         minimize_seconds=args.minimize_seconds, stop_on_new=args.stop_on_new,
                         max_traces=args.max_traces,
@@ -98,7 +103,9 @@ def cmd_run(args) -> int:
         job.engine = args.engine
         latest.clear()
         try:
-            if args.engine == "atheris":
+            if job.arch in load_failures:
+                res = load_failure_result(job, load_failures[job.arch], known, args.quiet)
+            elif args.engine == "atheris":
                 res = run_with_atheris(job, args, known)
             elif args.engine == "exhaustive":
                 res = run_with_exhaustive(job, args, known)
@@ -130,10 +137,11 @@ def cmd_run(args) -> int:
         print(f"memslot-fuzz: --max-time ended {', '.join(cut)} before --max-traces {args.max_traces}: "
               "these findings depend on the machine's speed, not on the seed alone", file=sys.stderr)
     try:
-        doc = report.build(results, seed, time.monotonic() - started, pictures=failed is None)
+        doc = report.build(results, seed, time.monotonic() - started,
+                           pictures=failed is None and not load_failures, reach=not load_failures)
     except output.OutputError as e:     # a picture could not be written: report without pictures
         failed = e
-        doc = report.build(results, seed, time.monotonic() - started, pictures=False)
+        doc = report.build(results, seed, time.monotonic() - started, pictures=False, reach=not load_failures)
     report.validate_report(doc)
     if args.report:
         try:
@@ -147,6 +155,31 @@ def cmd_run(args) -> int:
     if interrupted:
         return lifetime.exit_code()     # 130 SIGINT, 143 SIGTERM: summary and report are written
     return 1 if doc["totals"]["new_divergences"] else 0
+
+
+def check_candidate_engine(args) -> None:
+    """Engines that would have to run a candidate in this process are refused with one."""
+    if not (is_candidate(args.old) or is_candidate(args.new)):
+        return
+    why = {"atheris": "libFuzzer needs the model in its own process for coverage, where a candidate "
+                      "could end or stall the run",
+           "exhaustive": "it restores models from in-process snapshots, where a candidate could end "
+                         "or stall the run"}.get(args.engine)
+    if why:
+        raise UsageError(f"--engine {args.engine} cannot run a candidate ({why}); use --engine random "
+                         "or hypothesis, which run it contained")
+
+
+def load_failure_result(job: Job, d: Divergence, known, quiet: bool) -> JobResult:
+    """A candidate that crashed or hung while it was imported or constructed: that is the
+    job's one finding (nothing can be fuzzed), saved with a one-event trace that replays it."""
+    res = JobResult(job, divergences=[d], stopped_by="candidate failed to load")
+    res.saved[d.signature] = save_divergence(d, job, known)
+    if not quiet:
+        tag = "known" if d.known else "NEW"
+        print(f"  [{job.arch} {job.old.name}..{job.new.name}] {tag} {d.cls} ({d.wrong_side} wrong) "
+              f"at {d.op}: {d.detail} -> {res.saved[d.signature]}", file=sys.stderr, flush=True)
+    return res
 
 
 def check_run_options(args) -> None:
@@ -225,6 +258,9 @@ def run_with_exhaustive(job: Job, args, known) -> JobResult:
 def cmd_ci(args) -> int:
     from . import atheris_engine, ci_modes
     arches = None if args.arch == "all" else [registry.check_arch(args.arch)]
+    if is_candidate(args.old) or is_candidate(args.new):
+        raise UsageError("ci runs the atheris engine, which cannot run a candidate (libFuzzer needs the "
+                         "model in its own process for coverage); use run --engine random or hypothesis")
     try:
         res = ci_modes.ci_mode(args.mode, args.seconds, args.jobs, arches, args.old, args.new,
                                Path(args.state), Path(args.out), quiet=args.quiet)
@@ -251,7 +287,8 @@ def cmd_replay(args) -> int:
     for path in paths:
         try:
             entry = corpus.load(path)
-            sides = _side(entry.arch, entry.old), _side(entry.arch, entry.new)
+            sides = (_side(entry.arch, entry.old, args.trace_timeout),
+                     _side(entry.arch, entry.new, args.trace_timeout))
         except (TraceError, ModelLoadError, CandidateError) as e:
             bad += 1
             unusable.append(str(e) if str(e).startswith(str(path)) else f"{path}: {e}")
@@ -265,7 +302,7 @@ def cmd_replay(args) -> int:
             continue
         try:
             got = run_trace(entry.events, entry.arch, *sides, known).divergences
-        except CandidateError as e:
+        except (CandidateError, ModelLoadError) as e:     # a candidate's class is looked up in its worker
             bad += 1
             unusable.append(f"{path}: {e}")
             print(f"FAIL {unusable[-1]}")
@@ -315,7 +352,8 @@ def cmd_show(args) -> int:
         arch, old, new = "x86-shadow", registry.DEFAULT_OLD, registry.DEFAULT_NEW
     arch, old, new = args.arch or arch, args.old or old, args.new or new
     check_well_formed(events, str(path))
-    res = run_trace(events, arch, _side(arch, old), _side(arch, new), load_known(), keep_observations=True)
+    old, new = _side(arch, old, args.trace_timeout), _side(arch, new, args.trace_timeout)   # Sides: a candidate
+    res = run_trace(events, arch, old, new, load_known(), keep_observations=True)         # runs contained
     if args.html:
         output.write_text(args.html, report.show_html(events, res, arch, old, new), "--html")
         print(f"memslot-fuzz: wrote {args.html}", file=sys.stderr)
@@ -337,6 +375,13 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: {message} (see {self.prog.split()[0]} --help)\n")
 
 
+def _trace_timeout_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trace-timeout", type=argtypes.positive_float, default=contain.DEFAULT_TRACE_TIMEOUT,
+                   metavar="S", help="a candidate model (file.py:Class) runs in a worker process; a trace "
+                   f"(or its import) that takes longer than S seconds is a model-hang (default "
+                   f"{contain.DEFAULT_TRACE_TIMEOUT:g})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="memslot-fuzz", description=__doc__.split("\n\n")[0])
     p.add_argument("--version", action="version", version=f"%(prog)s {argtypes.version()}")
@@ -356,6 +401,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="directory for minimized divergences (created if needed; checked before the run)")
     r.add_argument("--max-events", type=argtypes.int_range(3, why="the shortest generated trace"), default=40,
                    help="longest generated trace (at least 3)")
+    r.add_argument("--tasks", action="store_true",
+                   help="generate traces of several kernel tasks with schedules (on by default when a "
+                        "version needs real locks: series-v1, v5.15, v6.10)")
     r.add_argument("--aligned-only", action="store_true", help="page-aligned notifier ranges only")
     r.add_argument("--minimize-seconds", type=argtypes.positive_float, default=10.0,
                    help="time limit per minimization")
@@ -384,6 +432,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "alone (--max-time stays a safety limit)")
     r.add_argument("--minimize-attempts", type=argtypes.int_range(1), default=2000, metavar="N",
                    help="with --max-traces: candidate traces tried per minimization (default 2000)")
+    _trace_timeout_option(r)
     r.add_argument("--force-report", action="store_true",
                    help="replace an existing --report file (by default a run never overwrites "
                         "another run's report)")
@@ -402,8 +451,10 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--update", action="store_true",
                     help="rewrite each entry's expectation to what it shows now (after an oracle or "
                          "known-list change); refused for an entry that shows something untriaged")
+    _trace_timeout_option(rp)
     s = sub.add_parser("show", help="a trace as a timeline of both sides against the reference")
     s.add_argument("trace")
+    _trace_timeout_option(s)
     s.add_argument("--arch", default=None, help="default: the entry's, or x86-shadow for a plain trace")
     s.add_argument("--old", default=None)
     s.add_argument("--new", default=None)

@@ -22,7 +22,7 @@ from . import corpus
 from .generate import GenConfig, RandomSource, generate
 from .minimize import minimize
 from .runner import Side, run_trace
-from .trace import Event, TraceError
+from .trace import repro_prefix, Event, TraceError
 
 
 @dataclass
@@ -101,7 +101,7 @@ def found(events: list[Event], d: Divergence, job: Job, known: list[KnownEntry],
           seconds: float | None = None) -> Divergence:
     """Minimize a divergence met for the first time in this job (unless its file exists
     already), save it, and add it to res: on disk before anyone is told."""
-    small = already_saved(d, job, known) or minimized(events[:d.event_index + 1], job, known, d, seconds)
+    small = already_saved(d, job, known) or minimized(repro_prefix(events, d.event_index), job, known, d, seconds)
     res.saved[small.signature] = save_divergence(small, job, known)
     res.divergences.append(small)
     return small

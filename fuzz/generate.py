@@ -12,12 +12,13 @@ code serves the seeded random engine (RandomSource), the hypothesis strategy
 """
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass, field
 
 from .trace import (ChangePte, ClearFlushYoung, ClearYoung, Event, FaultBegin, FaultCommit,
                     GuestAccess, HostMap, InvalidateRangeEnd, InvalidateRangeStart, Release,
-                    SetMemoryRegion, SyncPage, TestYoung)
+                    Schedule, SetMemoryRegion, SyncPage, TestYoung)
 
 P = 4096
 HUGE = 2 << 20
@@ -93,6 +94,7 @@ class GenConfig:
     max_events: int = 40
     aligned_only: bool = False          # notifier ranges page aligned, as the kernel's mm sends
     x86_shadow_paging: bool = True      # emit sync_page (tlbs_dirty) events
+    tasks: bool = False                 # several kernel tasks and a schedule (fuzz/schedule.py)
 
 
 @dataclass
@@ -106,6 +108,7 @@ class _Gen:
     next_fault: int = 0
     open_ranges: list[tuple[int, int, bool]] = field(default_factory=list)    # start, end, blockable
     open_faults: list[int] = field(default_factory=list)
+    same_task: dict[int, int] = field(default_factory=dict)      # event index -> index whose task it shares
 
     # ----- layout -------------------------------------------------------------------------
     def region(self) -> Region:
@@ -245,6 +248,8 @@ class _Gen:
             kinds.append((8, "commit"))
         if self.cfg.x86_shadow_paging:
             kinds.append((3, "sync"))
+        if self.cfg.tasks and self.open_ranges:
+            kinds.append((6, "split"))
         kind = self.src.weighted(kinds)
         if kind in ("fault", "fault-begin"):
             as_id, gfn = self.gfn_target()
@@ -312,6 +317,16 @@ class _Gen:
         elif kind == "sync":
             as_id, gfn = self.gfn_target()
             self.events.append(SyncPage(as_id, gfn))
+        elif kind == "split":
+            # a huge pmd split inside an open invalidation of the same task (mprotect's
+            # change_pmd_range -> __split_huge_pmd): its own start/end of the whole 2 MiB frame
+            start = self.open_ranges[-1][0]
+            owner = max(i for i, e in enumerate(self.events) if isinstance(e, InvalidateRangeStart)
+                        and (e.start, e.end, e.blockable) == self.open_ranges[-1])
+            frame = start - start % HUGE
+            self.same_task[len(self.events)] = owner
+            self.same_task[len(self.events) + 1] = owner
+            self.events += [InvalidateRangeStart(frame, frame + HUGE, True), InvalidateRangeEnd(frame, frame + HUGE, True)]
 
     def build(self) -> list[Event]:
         for _ in range(self.src.int(1, 3)):
@@ -321,12 +336,64 @@ class _Gen:
             self.step()
         while self.open_ranges:
             self.events.append(InvalidateRangeEnd(*self.open_ranges.pop()))
+        if self.cfg.tasks:
+            # a vCPU inside a fault always finishes it (it holds kvm->srcu until then)
+            self.events += [FaultCommit(n) for n in self.open_faults]
+            self.open_faults.clear()
         if self.src.bool(0.05):
             # the mm exits only once no vCPU thread is inside a fault; nothing follows release
             self.events += [FaultCommit(n) for n in self.open_faults]
             self.open_faults.clear()
             self.events.append(Release())
+        if self.cfg.tasks:
+            return self.assign_tasks()
         return self.events
+
+    def assign_tasks(self) -> list[Event]:
+        """Give every event the kernel task that would issue it (two mm contexts, two vCPUs, the
+        memslot ioctl), keeping pairs in one task, then maybe a schedule that departs from the
+        default order (fuzz/schedule.py)."""
+        out: list[Event] = []
+        open_by_range: dict[tuple, list[str]] = {}
+        fault_task: dict[int, str] = {}
+        for i, ev in enumerate(self.events):
+            if i in self.same_task:
+                task = out[self.same_task[i]].task
+                if isinstance(ev, InvalidateRangeEnd):
+                    stack = open_by_range.get((ev.start, ev.end, ev.blockable), [])
+                    if task in stack:
+                        stack.reverse()
+                        stack.remove(task)
+                        stack.reverse()
+            elif isinstance(ev, SetMemoryRegion):
+                task = "ioctl"
+            elif isinstance(ev, FaultBegin):
+                task = fault_task.setdefault(ev.fault, f"vcpu{self.src.int(0, 1)}")
+            elif isinstance(ev, FaultCommit):
+                task = fault_task.get(ev.fault, "vcpu0")
+            elif isinstance(ev, (GuestAccess, SyncPage)):
+                task = f"vcpu{self.src.int(0, 1)}"
+            elif isinstance(ev, InvalidateRangeEnd):
+                stack = open_by_range.get((ev.start, ev.end, ev.blockable)) or ["mm0"]
+                task = stack.pop()
+            elif isinstance(ev, (HostMap, ChangePte)) and out and isinstance(self.events[i - 1], InvalidateRangeStart):
+                task = out[-1].task          # the pte change inside its own invalidation
+            elif isinstance(ev, Release):
+                task = "mm0"
+            else:
+                task = f"mm{self.src.int(0, 1)}"
+            if isinstance(ev, InvalidateRangeStart):
+                open_by_range.setdefault((ev.start, ev.end, ev.blockable), []).append(task)
+            out.append(dataclasses.replace(ev, task=task))
+        tasks = sorted({e.task for e in out})
+        kind = self.src.weighted([(5, "preempt"), (2, "pct"), (3, "default")])
+        if kind == "preempt":
+            points = sorted({(self.src.int(0, 6 * len(out)), self.src.choice(tasks))
+                             for _ in range(self.src.int(1, 3))})
+            out.insert(0, Schedule(preempt=tuple(points)))
+        elif kind == "pct":
+            out.insert(0, Schedule(pct=(self.src.int(0, (1 << 32) - 1), self.src.int(2, 4))))
+        return out
 
 
 def generate(src: Source, cfg: GenConfig | None = None) -> list[Event]:

@@ -10,7 +10,7 @@ from typing import Callable
 
 from .wellformed import well_formed
 from .trace import (ClearFlushYoung, ClearYoung, Event, InvalidateRangeEnd,
-                    InvalidateRangeStart, partner)
+                    InvalidateRangeStart, partner, Schedule)
 
 P = 4096
 
@@ -18,6 +18,14 @@ P = 4096
 def _simpler_values(ev: Event) -> list[Event]:
     """Candidate simplifications of one event's numbers, simplest first."""
     out = []
+    if isinstance(ev, Schedule):
+        # fewer preemptions, or a shallower PCT schedule (dropping the directive altogether,
+        # the default schedule, is tried by the event removal passes)
+        for k in range(len(ev.preempt)):
+            out.append(dataclasses.replace(ev, preempt=ev.preempt[:k] + ev.preempt[k + 1:]))
+        if ev.pct is not None and ev.pct[1] > 1:
+            out.append(dataclasses.replace(ev, pct=(ev.pct[0], ev.pct[1] - 1)))
+        return out
     if isinstance(ev, (InvalidateRangeStart, InvalidateRangeEnd, ClearFlushYoung, ClearYoung)):
         s, e = ev.start, ev.end
         cands = [(s, s + 1), (s - s % P, s - s % P + P), (s - s % P, e + (-e) % P),

@@ -3,10 +3,15 @@ and compares (design card section 2).  This is the only place where models and o
 """
 from __future__ import annotations
 
+import os
 import traceback
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from impls.kvm import Kvm, ModelError
+from impls.tasks import SchedulerStop
+
+from .runner_tasks import needs_task_mode, run_trace_tasks
 from impls.machine import HostPte
 from impls.observation import Observation
 from oracles.compare import Divergence, SideResult, compare_event
@@ -15,12 +20,30 @@ from oracles.triage import KnownEntry, mark_known
 
 from .trace import (ChangePte, ClearFlushYoung, ClearYoung, Event, FaultBegin, FaultCommit,
                     GuestAccess, HostMap, InvalidateRangeEnd, InvalidateRangeStart, Release,
-                    SetMemoryRegion, SyncPage, TestYoung)
+                    SetMemoryRegion, SyncPage, TestYoung, Schedule)
 from .wellformed import check_well_formed, well_formed  # noqa: F401  (re-exported)
 
 
 class CandidateError(Exception):
     """A model could not even be constructed."""
+
+
+# What apply_event captures as the model's crash.  In process (only our own models run there)
+# a KeyboardInterrupt is the user's Ctrl-C and must stop the run; a candidate's worker
+# (fuzz/contain.py) ignores SIGINT and sets this to BaseException, so there even SystemExit,
+# os._exit (made to raise there) and KeyboardInterrupt raised by a model are its crash.
+CAUGHT: type[BaseException] = Exception
+TOOL_DIR = str(Path(__file__).resolve().parent) + os.sep
+
+
+def crash_text(e: BaseException) -> str:
+    """`Type: message at file:line (function)`, at the deepest frame that is not this tool's
+    own fuzz/ code (so a candidate's call of a function that raises for it names its line)."""
+    frames = traceback.extract_tb(e.__traceback__)
+    frame = next((f for f in reversed(frames) if not f.filename.startswith(TOOL_DIR)),
+                 frames[-1] if frames else None)
+    where = f" at {frame.filename}:{frame.lineno} ({frame.name})" if frame else ""
+    return f"{type(e).__name__}: {e}{where}"
 
 
 def apply_event(model: Kvm, ev: Event) -> Observation:
@@ -57,13 +80,14 @@ def apply_event(model: Kvm, ev: Event) -> Observation:
             model.obs.young = int(model.kvm_mmu_notifier_test_young(ev.hva))
         elif isinstance(ev, Release):
             model.kvm_mmu_notifier_release()
+        elif isinstance(ev, Schedule):
+            model.obs.note = "schedule directive (task mode only)"
         else:
             raise ModelError(f"unknown event {ev!r}")
-    except ModelError:
+    except (ModelError, SchedulerStop):
         raise
-    except Exception as e:
-        frame = traceback.extract_tb(e.__traceback__)[-1]
-        model.obs.crashed = f"{type(e).__name__}: {e} at {frame.filename}:{frame.lineno} ({frame.name})"
+    except CAUGHT as e:
+        model.obs.crashed = crash_text(e)
         model.mmu_lock_held = False
     return model.obs
 
@@ -73,6 +97,7 @@ class Side:
     """One side of a comparison: a name for reports and the class to instantiate."""
     name: str
     cls: type[Kvm]
+    contained = False     # fuzz.contain.CandidateSide: the class exists only in a worker process
 
     def make(self) -> Kvm:
         try:
@@ -103,7 +128,13 @@ class TraceResult:
 def run_trace(events: list[Event], arch: str, old: Side, new: Side, known: list[KnownEntry],
               keep_observations: bool = False, stop_at_first: bool = False) -> TraceResult:
     """Run `events` on both sides; divergences are deduplicated by signature within a trace
-    (the first event that shows a signature is the one reported)."""
+    (the first event that shows a signature is the one reported).  A user's candidate runs
+    only in its worker process, under a deadline (fuzz/contain.py)."""
+    if old.contained or new.contained:
+        from .contain import run_trace_contained
+        return run_trace_contained(events, arch, old, new, known, keep_observations, stop_at_first)
+    if needs_task_mode(events, old.cls, new.cls):
+        return _run_trace_tasks(events, arch, old, new, known, keep_observations)
     m_old, m_new = old.make(), new.make()
     res = TraceResult()
     seen: set[str] = set()
@@ -129,5 +160,22 @@ def run_trace(events: list[Event], arch: str, old: Side, new: Side, known: list[
                 res.divergences.append(d)
         if stop_at_first and res.divergences:
             break
+    mark_known(res.divergences, known)
+    return res
+
+
+def _run_trace_tasks(events: list[Event], arch: str, old: Side, new: Side, known: list[KnownEntry],
+                     keep_observations: bool) -> TraceResult:
+    """Several tasks: fuzz/runner_tasks.py runs each side under its scheduler."""
+    divs, observations = run_trace_tasks(events, arch, old, new, apply_event)
+    res = TraceResult(events=len(events))
+    if keep_observations:
+        res.observations = observations
+    seen: set[str] = set()
+    for d in divs:
+        d.arch, d.old, d.new = arch, old.name, new.name
+        if d.signature not in seen:
+            seen.add(d.signature)
+            res.divergences.append(d)
     mark_known(res.divergences, known)
     return res

@@ -7,11 +7,22 @@
 
 Addresses and sizes are written as hex strings (plain integers are accepted too).  Every
 field is checked on load; a bad one is reported as `FILE: event N (op): field: problem`.
+
+Tasks (design card section 9).  Every event may name the kernel task that issues it:
+`"task": "mm0"` (an mm context: notifier events and host mapping changes), `"vcpu1"` (guest
+faults and accesses) or `"ioctl"` (memslot updates).  A trace is then an interleaving of the
+tasks' programs: each task runs its own events in trace order, an event starts when the
+scheduler picks its task, and runs until it ends or blocks on a lock.  Events without a task
+belong to the task "main" and are left out of the JSON, so every trace written before tasks
+existed loads, saves and replays exactly as it did (same schema).  A `schedule` directive
+(`{"op": "schedule", "preempt": [[12, "vcpu0"]]}` or `{"op": "schedule", "pct": [seed, depth]}`)
+says how the scheduler departs from its default: see fuzz/schedule.py.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import MISSING, dataclass, fields
+import re
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import ClassVar
 
@@ -22,10 +33,27 @@ class TraceError(ValueError):
     """A malformed trace: the message names the file, the event and the field."""
 
 
+MAIN_TASK = "main"
+TASK_NAME = re.compile(r"(main|(mm|vcpu|ioctl)[0-9]{0,3})\Z")
+# what each kind of task may issue (the "main" task of a one-task trace may issue anything)
+TASK_ROLES = {
+    "mm": ("host_map", "invalidate_range_start", "invalidate_range_end", "change_pte",
+           "clear_flush_young", "clear_young", "test_young", "release"),
+    "vcpu": ("fault_begin", "fault_commit", "guest_access", "sync_page"),
+    "ioctl": ("set_memory_region",),
+}
+
+
+def task_role(task: str) -> str:
+    """"mm", "vcpu", "ioctl" or "main"."""
+    return task.rstrip("0123456789")
+
+
 @dataclass(frozen=True)
 class Event:
     op: ClassVar[str] = ""
     hex_fields: ClassVar[tuple[str, ...]] = ()
+    task: str = field(default=MAIN_TASK, kw_only=True)
 
 
 @dataclass(frozen=True)
@@ -148,10 +176,20 @@ class Release(Event):
     op: ClassVar[str] = "release"
 
 
+@dataclass(frozen=True)
+class Schedule(Event):
+    """A directive, not a kernel event: how the tasks interleave.  `preempt`: at scheduling
+    point N switch to task T (when it can run); `pct`: (seed, depth) of a PCT schedule.  With
+    neither, the default: events start in trace order and run until they end or block."""
+    op: ClassVar[str] = "schedule"
+    preempt: tuple = ()
+    pct: tuple | None = None
+
+
 EVENT_TYPES: dict[str, type[Event]] = {cls.op: cls for cls in (
     SetMemoryRegion, HostMap, FaultBegin, FaultCommit, GuestAccess, SyncPage,
     InvalidateRangeStart, InvalidateRangeEnd, ChangePte, ClearFlushYoung, ClearYoung,
-    TestYoung, Release)}
+    TestYoung, Release, Schedule)}
 
 NOTIFIER_OPS = ("invalidate_range_start", "invalidate_range_end", "change_pte",
                 "clear_flush_young", "clear_young", "test_young", "release")
@@ -186,12 +224,31 @@ def partner(events: list[Event], i: int) -> int | None:
     return None
 
 
+def repro_prefix(events: list[Event], index: int) -> list[Event]:
+    """The events needed to reproduce what events[index] showed: the prefix through it for a
+    one-task trace; the whole trace when there are tasks (each must finish, and what others
+    run after `index` in trace order may run before it in the schedule)."""
+    if any(e.task != MAIN_TASK or isinstance(e, Schedule) for e in events):
+        return list(events)
+    return events[:index + 1]
+
+
 # ----- JSON codec ------------------------------------------------------------------------
 def event_to_json(ev: Event) -> dict:
     d: dict = {"op": ev.op}
-    for f in fields(ev):
-        v = getattr(ev, f.name)
-        d[f.name] = hex(v) if f.name in ev.hex_fields and isinstance(v, int) else v
+    if isinstance(ev, Schedule):
+        if ev.preempt:
+            d["preempt"] = [list(p) for p in ev.preempt]
+        if ev.pct is not None:
+            d["pct"] = list(ev.pct)
+    else:
+        for f in fields(ev):
+            v = getattr(ev, f.name)
+            if f.name == "task":
+                continue
+            d[f.name] = hex(v) if f.name in ev.hex_fields and isinstance(v, int) else v
+    if ev.task != MAIN_TASK:
+        d["task"] = ev.task
     return d
 
 
@@ -205,8 +262,31 @@ def dumps(events: list[Event]) -> str:
     return '{"schema": "%s",\n  "events": [\n    %s\n  ]}\n' % (SCHEMA, lines)
 
 
+def _schedule_from_json(d: dict, where: str) -> Schedule:
+    extra = set(d) - {"op", "preempt", "pct"}
+    if extra:
+        raise TraceError(f"{where}: field {sorted(extra)[0]}: not a field of schedule")
+    preempt = d.get("preempt", [])
+    if not isinstance(preempt, list) or not all(
+            isinstance(p, list) and len(p) == 2 and type(p[0]) is int and 0 <= p[0] < 1 << 32
+            and isinstance(p[1], str) and TASK_NAME.match(p[1]) for p in preempt):
+        raise TraceError(f"{where}: field preempt: expected a list of [scheduling point, task] pairs")
+    pct = d.get("pct")
+    if pct is not None and not (isinstance(pct, list) and len(pct) == 2 and all(type(x) is int for x in pct)
+                                and 0 <= pct[0] < 1 << 64 and 0 <= pct[1] <= 64):
+        raise TraceError(f"{where}: field pct: expected [seed, depth] with 0 <= depth <= 64")
+    if preempt and pct is not None:
+        raise TraceError(f"{where}: field pct: a schedule is either preempt or pct, not both")
+    return Schedule(preempt=tuple((p, t) for p, t in preempt), pct=tuple(pct) if pct is not None else None)
+
+
 def _field_value(f, raw, where: str):
     typ = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+    if typ == "str":
+        if not isinstance(raw, str) or not TASK_NAME.match(raw):
+            raise TraceError(f"{where}: field {f.name}: {raw!r} is not a task name "
+                             "(main, or mm/vcpu/ioctl followed by up to 3 digits)")
+        return raw
     if typ == "bool":
         if not isinstance(raw, bool):
             raise TraceError(f"{where}: field {f.name}: expected true/false, got {raw!r}")
@@ -242,6 +322,9 @@ def event_from_json(d, where: str) -> Event:
     if cls is None:
         raise TraceError(f"{where}: field op: unknown event {op!r}; known: {', '.join(EVENT_TYPES)}")
     where = f"{where} ({op})"
+    if cls is Schedule:
+        sched = _schedule_from_json({k: v for k, v in d.items() if k != "task"}, where)
+        return sched
     kwargs = {}
     names = {f.name for f in fields(cls)}
     extra = set(d) - names - {"op"}

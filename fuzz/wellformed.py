@@ -20,9 +20,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable, NoReturn
 
-from .trace import (ChangePte, ClearFlushYoung, ClearYoung, Event, FaultBegin, FaultCommit,
-                    HostMap, InvalidateRangeEnd, InvalidateRangeStart, Release, TestYoung,
-                    TraceError)
+from .trace import (MAIN_TASK, TASK_ROLES, ChangePte, ClearFlushYoung, ClearYoung, Event, FaultBegin,
+                    FaultCommit, HostMap, InvalidateRangeEnd, InvalidateRangeStart, Release, Schedule,
+                    TestYoung, TraceError, task_role)
 
 P = 4096
 PAGE_SIZES = (4096, 2 << 20, 1 << 30)
@@ -40,6 +40,8 @@ class WalkState:
     faults: set[int] = field(default_factory=set)
     host_pages: set[int] = field(default_factory=set)
     released: int | None = None         # index of the release event, once there is one
+    range_tasks: list[tuple[str, int, int]] = field(default_factory=list)     # task, start, end
+    fault_tasks: dict[int, str] = field(default_factory=dict)
     index: int = 0                      # the event being checked
 
     def fail(self, i: int, ev: Event, fld: str, problem: str) -> NoReturn:
@@ -202,7 +204,40 @@ def _allow_wide_aging_range(st: WalkState, i: int, ev: Event) -> None:
                     "2 MiB pmd")
 
 
+def _rule_task_role(st: WalkState, i: int, ev: Event) -> None:
+    """A task issues only what its kind of kernel task can: the mm its notifier events and pte
+    changes, a vCPU its faults and accesses, the memslot ioctl its updates ("main", the one task
+    of a trace without tasks, issues anything)."""
+    if ev.task != MAIN_TASK and not isinstance(ev, Schedule):
+        role = task_role(ev.task)
+        if ev.op not in TASK_ROLES[role]:
+            st.fail(i, ev, "task", f"a {role} task ({ev.task}) cannot issue {ev.op}; it issues "
+                    f"{', '.join(TASK_ROLES[role])}")
+
+
+def _rule_pairs_in_one_task(st: WalkState, i: int, ev: Event) -> None:
+    """invalidate_range_end comes from the task that started that invalidation, and a fault is
+    committed by the vCPU that began it (a start/end pair is one call chain of one task)."""
+    if isinstance(ev, InvalidateRangeEnd) and not any(
+            t == ev.task and (s, e) == (ev.start, ev.end) for t, s, e in st.range_tasks):
+        owner = next((t for t, s, e in st.range_tasks if (s, e) == (ev.start, ev.end)), None)
+        if owner is not None:
+            st.fail(i, ev, "task", f"{ev.task} ends the invalidation of [{ev.start:#x}, {ev.end:#x}) "
+                    f"that {owner} started")
+    if isinstance(ev, FaultCommit) and st.fault_tasks.get(ev.fault, ev.task) != ev.task:
+        st.fail(i, ev, "task", f"{ev.task} commits fault {ev.fault}, which {st.fault_tasks[ev.fault]} began")
+
+
+def _rule_schedule_first(st: WalkState, i: int, ev: Event) -> None:
+    """A schedule directive is not an event: at most one, before every event."""
+    if isinstance(ev, Schedule) and i != 0:
+        st.fail(i, ev, "op", "a schedule directive must be the first entry of the trace (and only one)")
+
+
 RULES: list[Rule] = [
+    _rule_schedule_first,
+    _rule_task_role,
+    _rule_pairs_in_one_task,
     _rule_nothing_after_release,
     _rule_release_without_fault_in_flight,
     _rule_range_order,
@@ -228,15 +263,22 @@ ALLOWANCES: dict[str, Rule] = {
 def _track_invalidations(st: WalkState, ev: Event) -> None:
     if isinstance(ev, InvalidateRangeStart):
         st.open_ranges.append((ev.start, ev.end, ev.blockable))
+        st.range_tasks.append((ev.task, ev.start, ev.end))
     elif isinstance(ev, InvalidateRangeEnd):
         st.open_ranges.remove((ev.start, ev.end, ev.blockable))
+        for k in range(len(st.range_tasks) - 1, -1, -1):
+            if st.range_tasks[k] == (ev.task, ev.start, ev.end):
+                del st.range_tasks[k]
+                break
 
 
 def _track_faults(st: WalkState, ev: Event) -> None:
     if isinstance(ev, FaultBegin):
         st.faults.add(ev.fault)
+        st.fault_tasks[ev.fault] = ev.task
     elif isinstance(ev, FaultCommit):
         st.faults.discard(ev.fault)
+        st.fault_tasks.pop(ev.fault, None)
 
 
 def _track_host_pages(st: WalkState, ev: Event) -> None:
@@ -275,6 +317,22 @@ def check_well_formed(events: list[Event], source: str = "<trace>", strict: bool
             rule(st, i, ev)
         for track in TRACKERS:
             track(st, ev)
+    _check_tasks_finish(st, events)
+
+
+def _check_tasks_finish(st: WalkState, events: list[Event]) -> None:
+    """In a trace of several tasks every task must be able to finish: each invalidation it
+    opens is ended and each fault it begins is committed by it (otherwise a lock it holds in
+    between would be held forever, and a deadlock found there would be the trace's, not the
+    kernel's).  One-task traces keep their older freedom: they end wherever they like."""
+    if not any(e.task != MAIN_TASK for e in events):
+        return
+    for i, ev in enumerate(events):
+        if isinstance(ev, InvalidateRangeStart) and (ev.task, ev.start, ev.end) in st.range_tasks:
+            st.fail(i, ev, "task", f"{ev.task} never ends its invalidation of [{ev.start:#x}, {ev.end:#x}): "
+                    "its task cannot finish")
+        if isinstance(ev, FaultBegin) and ev.fault in st.fault_tasks:
+            st.fail(i, ev, "task", f"{ev.task} never commits fault {ev.fault}: its task cannot finish")
 
 
 def well_formed(events: list[Event], strict: bool = False) -> bool:

@@ -83,6 +83,8 @@ class Kvm:
         self.slots_lock = Mutex("slots_lock")
         self.srcu = Srcu("kvm->srcu")
         self.fault_srcu: dict[int, int] = {}
+        # (as_id, gfn) -> (pfn, task) of leaves a notifier zapped and no flush has covered yet
+        self.unflushed: dict[tuple[int, int], tuple[int, str]] = {}
 
     # ----- recording -------------------------------------------------------------------
     def begin(self, op: str) -> None:
@@ -177,6 +179,9 @@ class Kvm:
     def zap_leaf(self, leaf: Leaf) -> None:
         del self.leaves[leaf.key]
         self.obs.zapped.append(leaf.snapshot())
+        if self.sched is not None and self.obs.op in ("invalidate_range_start", "change_pte"):
+            for i in range(leaf.pages):
+                self.unflushed[(leaf.as_id, leaf.gfn + i)] = (leaf.pfn + i, self.sched.current.name)
 
     def age_leaf(self, leaf: Leaf) -> None:
         before = leaf.snapshot()
@@ -196,6 +201,14 @@ class Kvm:
             leaf.hva = slot.gfn_to_hva(leaf.gfn) if slot else -1
         self.leaves[leaf.key] = leaf
         self.obs.installed.append(leaf.snapshot())
+        if self.host.open_invalidations and self.obs.op == "fault_commit":
+            for task, start, end in self.host.open_invalidations:
+                if leaf.backs(start, end, self.page_shift):
+                    self.obs.violations.append((
+                        "stale-mapping", "fault-installed-inside-open-invalidation",
+                        f"a fault mapped as{leaf.as_id} gfn {leaf.gfn:#x} (hva {leaf.hva:#x}) while {task}'s "
+                        f"invalidation of [{start:#x}, {end:#x}) was open: the retry check missed it"))
+                    break
         if fill_tlb:
             self.tlb.fill(leaf)
 
@@ -220,10 +233,14 @@ class Kvm:
     def flush_tlb_all(self, origin: str) -> None:
         self.tlb.flush_all()
         self.obs.flushes.append(Flush("all", self.mmu_lock_held, origin))
+        self.unflushed.clear()
 
     def flush_tlb_range(self, as_id: int | None, start: int, end: int, origin: str) -> None:
         self.tlb.flush_range(as_id, start, end)
         self.obs.flushes.append(Flush("range", self.mmu_lock_held, origin, as_id, start, end))
+        if self.unflushed:
+            for key in [k for k in self.unflushed if (as_id is None or k[0] == as_id) and start <= k[1] < end]:
+                del self.unflushed[key]
 
     # ----- memslot updates (identical for every model) ---------------------------------
     def set_user_memory_region(self, as_id: int, slot: int, flags: int, guest_phys_addr: int,
@@ -390,6 +407,15 @@ class Kvm:
         leaf = self.leaf_covering(as_id, gfn)
         if leaf is None:
             self.obs.note = "not mapped"
+            if self.sched is not None and (as_id, gfn) in self.unflushed:
+                pfn, zapper = self.unflushed[(as_id, gfn)]
+                cached = any(e.intersects(as_id, gfn, gfn + 1) for e in self.tlb.entries)
+                if cached and self.mmu_lock_obj.holder is not self.sched.tasks.get(zapper):
+                    self.obs.note = "used a zapped translation from the TLB"
+                    self.obs.violations.append((
+                        "missed-flush", "guest-used-zapped-translation-while-mmu_lock-dropped",
+                        f"as{as_id} gfn {gfn:#x} -> pfn {pfn:#x} was zapped by {zapper}, which dropped "
+                        f"mmu_lock before flushing it, and the guest used it from the TLB"))
             return
         leaf.young = True
         if write and leaf.writable:

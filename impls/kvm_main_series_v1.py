@@ -14,7 +14,12 @@ What the patch changes against v5.13 (kvm_main_v5_13.py), each an override below
   when must_lock); with a null handler it then leaves both loops (goto out_unlock).  So a
   start/end pair that hits no memslot touches neither mmu_lock nor the notifier count.
 * install_new_memslots takes the rwsem for write around publishing the new array.
-* change_pte returns early when no invalidation has raised the count.
+* range_end keeps flush_on_ret as posted: a hit leaves through goto out_unlock before the flush
+  test, a miss still flushes on x86's tlbs_dirty, without mmu_lock.
+* change_pte is a bare walk: the v5.13 WARN on a zero count (c13fda237f08) is not in v1, nor the
+  early return that v2 09/10 added.
+
+Sources (docs/kernel-notes/concurrency.md A): the v1 16/18 and v2 09/10 mails.
 
 The arch gfn handlers are v5.13's: the posting's arch patches are the ones merged (their later
 review fixes, Book3S HV's among them, are in the v5.13 classes, since the generic question this
@@ -71,7 +76,7 @@ class KvmMainSeriesV1(KvmMainV5_13):
                 if done:
                     break
             if not done and r.flush_on_ret and (ret or self.tlbs_dirty):
-                self.kvm_flush_remote_tlbs()
+                self.kvm_flush_remote_tlbs()      # range_end on a miss: tlbs_dirty, unlocked
         if locked:
             self.mmu_unlock()
         self.srcu_read_unlock(idx)
@@ -91,17 +96,15 @@ class KvmMainSeriesV1(KvmMainV5_13):
         # series v1 16/18 virt/kvm/kvm_main.c kvm_mmu_notifier_invalidate_range_end: the count
         # drops under the first hit (or up front when !blockable), then the read hold ends
         self.handle_hva_range(KvmHvaRange(start, end, None, None, self.kvm_dec_notifier_count,
-                                          False, blockable), must_lock=not blockable)
+                                          True, blockable), must_lock=not blockable)
         if blockable:
             self.up_read(self.mmu_notifier_slots_lock)
         if self.mmu_notifier_count < 0:
             self.warn("BUG_ON(kvm->mmu_notifier_count < 0)")
 
     def kvm_mmu_notifier_change_pte(self, address: int, pte: HostPte) -> None:
-        # series v1 16/18 virt/kvm/kvm_main.c kvm_mmu_notifier_change_pte: nothing to do unless an
-        # invalidation that hit a memslot is in progress (the WARN of v5.13 would now misfire)
-        if not self.mmu_notifier_count:
-            return
+        # series v1 16/18 virt/kvm/kvm_main.c kvm_mmu_notifier_change_pte: a bare walk (no WARN,
+        # no early return, no seq bump since v1 10/18)
         self.kvm_handle_hva_range(address, address + 1, pte, "kvm_set_spte_gfn")
 
     def install_new_memslots(self, publish) -> None:

@@ -70,6 +70,9 @@ class Observation:
     error: str | None = None                              # errno name for a refused update
     note: str = ""                                        # e.g. "fault retried"
     crashed: str | None = None                            # a candidate model raised
+    # what the machine itself saw go wrong in task mode, as (class, shape, detail): a fault that
+    # installs inside an open invalidation, a guest using a zapped translation while unflushed
+    violations: list[tuple[str, str, str]] = field(default_factory=list)
 
     def to_json(self) -> dict:
         d: dict = {"op": self.op}
@@ -86,6 +89,8 @@ class Observation:
         if self.young is not None:
             d["young"] = self.young
         d["lock_taken"] = self.lock_taken
+        if self.violations:
+            d["violations"] = [list(v) for v in self.violations]
         for name in ("warnings", "error", "note", "crashed"):
             v = getattr(self, name)
             if v:

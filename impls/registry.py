@@ -8,13 +8,25 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+import traceback
 from pathlib import Path
 
 from .kvm import Kvm
 
 ARCHES = ["x86-shadow", "x86-tdp", "arm64", "mips", "ppc-hv-hash", "ppc-hv-radix", "ppc-pr", "e500"]
-VERSIONS = ["v5.12", "v5.13-rc1", "v5.13"]
+# in the order the code was written: the series' first posting (with patch 16) came before v5.13-rc1
+VERSIONS = ["v5.12", "series-v1", "v5.13-rc1", "v5.13", "v5.15", "v6.10"]
 DEFAULT_OLD, DEFAULT_NEW = "v5.12", "v5.13"
+
+# Later generic layers (kvm_main_*.py), each applied on top of an arch's v5.13 gfn handlers:
+# version -> (module, class).  An arch module may list commits after v5.13 that change its own
+# handlers as LATER_OVERRIDES = [(first version that has it, mixin class), ...].
+GENERIC_LAYERS = {
+    "series-v1": ("impls.kvm_main_series_v1", "KvmMainSeriesV1"),
+    "v5.15": ("impls.kvm_main_v5_15", "KvmMainV5_15"),
+    "v6.10": ("impls.kvm_main_v6_10", "KvmMainV6_10"),
+}
+_layered_cache: dict[tuple[str, str], type[Kvm]] = {}
 
 # arch -> the module holding its models.  Each module defines
 #   MODELS = {arch: {version: (class, note)}}
@@ -38,7 +50,35 @@ def _arch_models(arch: str) -> dict[str, tuple[type[Kvm], str]]:
         if e.name == ARCH_MODULES[arch]:
             return {}
         raise
-    return module.MODELS.get(arch, {})
+    have = dict(module.MODELS.get(arch, {}))
+    if "v5.13" in have:
+        for version in GENERIC_LAYERS:
+            if version not in have:
+                have[version] = (_layered(arch, version, have["v5.13"][0], module), "")
+    return have
+
+
+def _layered(arch: str, version: str, base: type[Kvm], module) -> type[Kvm]:
+    """The arch's v5.13 handlers under a later generic layer, plus the arch's own later commits."""
+    key = (arch, version)
+    if key not in _layered_cache:
+        modname, clsname = GENERIC_LAYERS[version]
+        layer = getattr(importlib.import_module(modname), clsname)
+        order = VERSIONS.index(version)
+        extra = [m for first, m in getattr(module, "LATER_OVERRIDES", [])
+                 if VERSIONS.index(first) <= order and version != "series-v1"]
+        name = base.__name__.replace("V5_13", "") + "V" + version.replace("v", "").replace(".", "_").replace("-", "_")
+        cls = type(name, (*extra, layer, base), {
+            "version": version, "__module__": base.__module__,
+            "__doc__": f"{arch} at {version}: {layer.__name__} over {base.__name__}"
+                       + (f" with {', '.join(m.__name__ for m in extra)}" if extra else "")})
+        _layered_cache[key] = cls
+    return _layered_cache[key]
+
+
+def model(arch: str, version: str) -> type[Kvm]:
+    """The model class of `arch` at `version`: subclass it to describe a patch."""
+    return resolve(arch, version)
 
 
 def models() -> dict[tuple[str, str], tuple[type[Kvm], str]]:
@@ -78,15 +118,42 @@ def resolve(arch: str, spec: str) -> type[Kvm]:
     return have[spec][0]
 
 
-def load_candidate(spec: str) -> type[Kvm]:
+def candidate_location(spec: str) -> tuple[str, str]:
+    """(module file or module name, class name) of a candidate spec, checked without importing
+    anything: a malformed spec or a file that does not exist is a ModelLoadError."""
     where, _, name = spec.rpartition(":")
     if not where or not name:
         raise ModelLoadError(f"candidate {spec!r}: expected path/to/file.py:ClassName or module:ClassName")
+    if _is_path(where) and not Path(where).is_file():
+        raise ModelLoadError(f"candidate {spec!r}: no such file {where}")
+    return where, name
+
+
+def _is_path(where: str) -> bool:
+    return where.endswith(".py") or "/" in where
+
+
+class CandidateImportError(ModelLoadError):
+    """The candidate's own code raised while it was imported: a finding about the candidate
+    (fuzz/contain.py reports it as a model-crash), not a usage error.  `raised`: what it
+    raised, where."""
+
+    def __init__(self, spec: str, e: BaseException):
+        self.raised = _raised(e)
+        super().__init__(f"candidate {spec!r} failed to import: {self.raised}")
+
+
+def load_candidate(spec: str) -> type[Kvm]:
+    """Import a candidate and return its class.  This executes the candidate's code: the tool
+    calls it only in the candidate's worker process (fuzz/contain.py).  A missing file, module
+    or class, or a file that is not valid Python, is a ModelLoadError; an exception raised by the
+    candidate's code while it is imported is a CandidateImportError (any other BaseException,
+    such as SystemExit, propagates)."""
+    where, name = candidate_location(spec)
+    modname = ""
     try:
-        if where.endswith(".py") or "/" in where:
+        if _is_path(where):
             path = Path(where)
-            if not path.is_file():
-                raise ModelLoadError(f"candidate {spec!r}: no such file {where}")
             modname = f"memslot_fuzz_candidate_{abs(hash(str(path.resolve())))}"
             module = sys.modules.get(modname)
             if module is None:
@@ -96,11 +163,19 @@ def load_candidate(spec: str) -> type[Kvm]:
                 loader_spec.loader.exec_module(module)
         else:
             module = importlib.import_module(where)
-    except ModelLoadError:
-        raise
-    except Exception as e:  # the candidate's own code failed: say so, not a tool crash
-        sys.modules.pop(locals().get("modname", ""), None)
-        raise ModelLoadError(f"candidate {spec!r} failed to import: {type(e).__name__}: {e}") from None
+    except SyntaxError as e:
+        sys.modules.pop(modname, None)
+        if e.filename and Path(e.filename).resolve() == Path(where).resolve():
+            raise ModelLoadError(f"candidate {spec!r} failed to import: SyntaxError: {e}") from None
+        raise CandidateImportError(spec, e) from None
+    except ModuleNotFoundError as e:
+        sys.modules.pop(modname, None)
+        if e.name and (where == e.name or where.startswith(e.name + ".")):
+            raise ModelLoadError(f"candidate {spec!r}: no module named {e.name}") from None
+        raise CandidateImportError(spec, e) from None
+    except Exception as e:  # the candidate's own code failed: a finding, not a tool crash
+        sys.modules.pop(modname, None)
+        raise CandidateImportError(spec, e) from None
     cls = getattr(module, name, None)
     if cls is None:
         raise ModelLoadError(f"candidate {spec!r}: {where} has no {name}")
@@ -108,3 +183,9 @@ def load_candidate(spec: str) -> type[Kvm]:
         raise ModelLoadError(f"candidate {spec!r}: {name} is not a subclass of impls.kvm.Kvm")
     return cls
 
+
+def _raised(e: BaseException) -> str:
+    """`Type: message at file:line`, at the deepest frame (the candidate's line)."""
+    frames = traceback.extract_tb(e.__traceback__)
+    where = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+    return f"{type(e).__name__}: {e}{where}"

@@ -36,7 +36,7 @@ from typing import Callable
 from greenlet import greenlet
 
 
-class SchedulerStop(Exception):
+class SchedulerStop(BaseException):
     """Raised inside a task greenlet to unwind it when the run ends (deadlock, step limit)."""
 
 
@@ -90,9 +90,9 @@ class Lockdep:
         self.edges: dict[tuple[str, str], tuple[str, str, str]] = {}
         self.after: dict[str, set[str]] = {}
         self.cycle: LockOrderCycle | None = None
-        self.cycle_step: int | None = None
+        self.cycle_event: int | None = None       # what the caller said "now" was when it closed
 
-    def acquire(self, task: Task, lock: str, mode: str, site: str, step: int) -> None:
+    def acquire(self, task: Task, lock: str, mode: str, site: str, now: int) -> None:
         for h in task.held:
             if h.lock == lock:
                 continue
@@ -106,7 +106,7 @@ class Lockdep:
                         chain = path + [h.lock, lock]
                         self.cycle = LockOrderCycle([(a, b, *self.edges[(a, b)])
                                                      for a, b in zip(chain, chain[1:])])
-                        self.cycle_step = step
+                        self.cycle_event = now
         task.held.append(Held(lock, mode, site))
 
     def release(self, task: Task, lock: str) -> None:
@@ -138,7 +138,7 @@ class DeadlockReport:
     def describe(self) -> str:
         by = {t: (w, h) for t, w, h in self.waits}
         if self.cycle:
-            parts = [f"{t} waits for {by[t][0]} held by {', '.join(by[t][1]) or 'nobody'}" for t in self.cycle]
+            parts = [f"{t} waits for {by[t][0]}: {', '.join(by[t][1]) or 'nobody'}" for t in self.cycle]
             return "wait-for cycle: " + "; ".join(parts)
         return "every live task waits: " + "; ".join(f"{t} waits for {w}" for t, w, _ in self.waits)
 
@@ -169,7 +169,7 @@ class Scheduler:
         self.deadlock: DeadlockReport | None = None
         self.hit_step_limit = False
         self._main: greenlet | None = None
-        self._boundary = False
+        self.lockdep_event = 0          # set by the runner: the event the running task is in
 
     # ----- set-up and the loop (called from outside the tasks) ---------------------------
     def add(self, name: str, body: Callable[[], None]) -> Task:
@@ -283,7 +283,7 @@ class Mutex:
             s.wait_until(lambda: False, f"{self.name} (already held by itself)", lambda: [t.name])
         s.wait_until(lambda: self.holder is None, self.name, lambda: [self.holder.name] if self.holder else [])
         self.holder = t
-        s.lockdep.acquire(t, self.name, "write", site or s.site(), s.steps)
+        s.lockdep.acquire(t, self.name, "write", site or s.site(), s.lockdep_event)
 
     def unlock(self, s: Scheduler) -> None:
         t = s.current
@@ -326,15 +326,17 @@ class RwSem:
                 # a reader behind a queued writer waits for that writer (which waits for the readers)
                 return (queued_writers if mode == "read" and queued_writers and not self.writer
                         else self._holders())
+            what = (f"{self.name} (read, behind a queued writer)" if mode == "read" and queued_writers
+                    and not self.writer else f"{self.name} ({mode})")
             try:
-                s.wait_until(lambda: self._may_enter(t, mode), f"{self.name} ({mode})", holders)
+                s.wait_until(lambda: self._may_enter(t, mode), what, holders)
             finally:
                 self.queue = [(w, m) for w, m in self.queue if w is not t]
         if mode == "read":
             self.readers.append(t)
         else:
             self.writer = t
-        s.lockdep.acquire(t, self.name, mode, site or s.site(), s.steps)
+        s.lockdep.acquire(t, self.name, mode, site or s.site(), s.lockdep_event)
 
     def down_read(self, s: Scheduler, site: str | None = None) -> None:
         self._acquire(s, "read", site)
@@ -389,7 +391,7 @@ class LockdepMap:
         self.name = name
 
     def acquire(self, s: Scheduler, site: str) -> None:
-        s.lockdep.acquire(s.current, self.name, "map", site, s.steps)
+        s.lockdep.acquire(s.current, self.name, "map", site, s.lockdep_event)
 
     def release(self, s: Scheduler) -> None:
         s.lockdep.release(s.current, self.name)

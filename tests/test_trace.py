@@ -10,9 +10,10 @@ from fuzz.runner import check_well_formed
 from fuzz.trace import (EVENT_TYPES, ChangePte, ClearFlushYoung, ClearYoung, FaultBegin,
                         FaultCommit, GuestAccess, HostMap, InvalidateRangeEnd,
                         InvalidateRangeStart, Release, SetMemoryRegion, SyncPage, TestYoung,
-                        TraceError, dumps, load, loads, trace_to_json)
+                        TraceError, dumps, load, loads, trace_to_json, Schedule)
 
 ONE_OF_EACH = [
+    Schedule(preempt=((4, "vcpu0"),)),
     SetMemoryRegion(1, 3, 1, 0x100000, 0x4000, 0x7f0000000000),
     HostMap(0x7f0000000000, 0x200000, 0x40000, 0x200000, False),
     HostMap(0x7f0000000000, 0x1000, None, 0x1000, True),
@@ -38,7 +39,7 @@ def test_every_event_kind_round_trips():
     text = dumps(ONE_OF_EACH)
     assert loads(text) == ONE_OF_EACH
     doc = json.loads(text)
-    assert doc["events"][0]["guest_phys_addr"] == "0x100000"     # addresses readable as hex
+    assert doc["events"][1]["guest_phys_addr"] == "0x100000"     # addresses readable as hex
     assert loads(json.dumps(trace_to_json(ONE_OF_EACH))) == ONE_OF_EACH
 
 

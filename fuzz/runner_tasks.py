@@ -1,0 +1,251 @@
+"""Task mode of the runner: a trace whose events belong to several tasks (or a model whose
+locks need real blocking) runs every side as kernel tasks under a scheduler (impls/tasks.py,
+fuzz/schedule.py), then the two sides are compared event by event as in one-task mode.
+
+The sides run one after the other, each with its own scheduler, since their interleavings may
+differ (one side blocks where the other does not).  Per event and side we keep the state when
+the event started and when it ended; an event that ran alone from start to end is checked
+against the reference like any one-task event, an event that other tasks interleaved with is
+checked only for what holds at any instant (warnings, crashes, counts, the machine's own
+invariants).  Then the properties of paired notifiers, over the whole run:
+
+* deadlock: every live task waits; the wait-for cycle names tasks and locks;
+* lock-order: a cycle in lock acquisition order (lockdep), the mm's pseudo-lock included;
+* count-imbalance: mmu_notifier_count (or v5.15's active-invalidation count) still raised when
+  every invalidation has ended: every later fault on that range would retry forever.
+
+The mm side of each notifier event is modelled here, since it is the host's and not KVM's: the
+lockdep map `mmu_notifier_invalidate_range_start` is taken around every start and every end
+callback (never across them); an mm task holds `mmap_lock` for read from its outermost
+range_start to the matching range_end (a COW fault, wp_page_copy), and the page-table lock
+around change_pte.  Which invalidations are open is host state the oracle reads.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from impls.kvm import Kvm, ModelError
+from impls.machine import HostPageTable
+from impls.observation import Observation
+from impls.tasks import LockdepMap, RwSem, Scheduler
+from oracles.compare import Divergence, Finding, SideResult, check_side, merge_findings
+from oracles.reference import expect, trace_contexts
+
+from .schedule import policy_for
+from .trace import (MAIN_TASK, TASK_ROLES, ChangePte, Event, InvalidateRangeEnd, InvalidateRangeStart,
+                    Schedule, task_role)
+
+NEVER = 1 << 60
+
+
+def needs_task_mode(events: list[Event], *classes: type) -> bool:
+    """Several tasks, a schedule directive, or a model whose generic layer needs blocking."""
+    return (any(getattr(c, "needs_tasks", False) for c in classes)
+            or any(e.task != MAIN_TASK or isinstance(e, Schedule) for e in events))
+
+
+def task_of(ev: Event) -> str:
+    """The task that runs `ev`: its own, or for the one task "main" of an old trace, the kernel
+    task of its kind (the mm, a vCPU, the memslot ioctl)."""
+    if ev.task != MAIN_TASK:
+        return ev.task
+    for role, ops in TASK_ROLES.items():
+        if ev.op in ops:
+            return role
+    return MAIN_TASK
+
+
+@dataclass
+class EventRun:
+    """One event on one side: its findings, or nothing if it never ran (a deadlock stopped it)."""
+    index: int
+    ran: bool = False
+    findings: list[Finding] = field(default_factory=list)
+    obs: Observation | None = None
+
+
+@dataclass
+class SideRun:
+    events: list[EventRun]
+    trace_findings: list[tuple[int, Finding]] = field(default_factory=list)
+    model: Kvm | None = None
+
+
+class MmSide:
+    """The host mm's locks around notifier callbacks, per model."""
+
+    def __init__(self) -> None:
+        self.start_map = LockdepMap("mmu_notifier_invalidate_range_start")
+        self.mmap_lock = RwSem("mmap_lock")
+        self.ptl = LockdepMap("ptl")     # a spinlock no KVM path takes: only its order matters
+        self.depth: dict[str, int] = {}
+
+
+def apply_in_task(model: Kvm, mm: MmSide, sched: Scheduler, ev: Event, apply_event) -> Observation:
+    """Run one event inside its task, with the mm side around notifier callbacks."""
+    task = sched.current.name
+    host: HostPageTable = model.host
+    if isinstance(ev, InvalidateRangeStart):
+        if mm.depth.get(task, 0) == 0:
+            mm.mmap_lock.down_read(sched, "do_user_addr_fault")
+        mm.depth[task] = mm.depth.get(task, 0) + 1
+        host.invalidating.append(task)
+        mm.start_map.acquire(sched, "__mmu_notifier_invalidate_range_start")
+        obs = apply_event(model, ev)
+        mm.start_map.release(sched)
+        host.open_invalidations.append((task, ev.start, ev.end))
+        return obs
+    if isinstance(ev, InvalidateRangeEnd):
+        for i in range(len(host.open_invalidations) - 1, -1, -1):
+            if host.open_invalidations[i] == (task, ev.start, ev.end):
+                del host.open_invalidations[i]
+                break
+        mm.start_map.acquire(sched, "__mmu_notifier_invalidate_range_end")
+        obs = apply_event(model, ev)
+        mm.start_map.release(sched)
+        if task in host.invalidating:
+            host.invalidating.remove(task)
+        mm.depth[task] = mm.depth.get(task, 1) - 1
+        if mm.depth[task] == 0:
+            mm.mmap_lock.up_read(sched)
+        return obs
+    if isinstance(ev, ChangePte):
+        mm.ptl.acquire(sched, "wp_page_copy")
+        obs = apply_event(model, ev)
+        mm.ptl.release(sched)
+        return obs
+    return apply_event(model, ev)
+
+
+def run_side(cls_make, events: list[Event], arch: str, apply_event, contexts) -> SideRun:
+    """Run every task of `events` on a fresh model of one side."""
+    model: Kvm = cls_make()
+    directive = next((e for e in events if isinstance(e, Schedule)), None)
+    programs: dict[str, list[int]] = {}
+    for i, ev in enumerate(events):
+        if not isinstance(ev, Schedule):
+            programs.setdefault(task_of(ev), []).append(i)
+    runs = [EventRun(i) for i in range(len(events))]
+    pos = {t: 0 for t in programs}
+    current_event: dict[str, int | None] = {t: None for t in programs}
+    task_obs: dict[str, Observation] = {}
+    interleaved: set[int] = set()
+    last_task: list[str | None] = [None]
+
+    def next_index(t: str) -> int:
+        p = programs[t]
+        return p[pos[t]] if pos[t] < len(p) else NEVER
+
+    def on_switch(task) -> None:
+        if last_task[0] is not None and last_task[0] != task.name:
+            for t, i in current_event.items():
+                if i is not None and t != task.name:
+                    interleaved.add(i)
+        last_task[0] = task.name
+        if task.name in task_obs:
+            model.obs = task_obs[task.name]
+        model.mmu_lock_held = model.mmu_lock_obj.holder is task
+        i = current_event.get(task.name)
+        sched.lockdep_event = i if i is not None else next_index(task.name)
+
+    sched = Scheduler(None, step_limit=200 * len(events) + 1000, on_switch=on_switch)
+    sched.policy = policy_for(directive, events, next_index, lambda t: current_event.get(t))
+    sched.lockdep_event = 0
+    model.sched = sched
+    mm = MmSide()
+    out = SideRun(runs, model=model)
+    dead = [False]
+
+    def body_for(task: str):
+        def body() -> None:
+            for i in programs[task]:
+                ev = events[i]
+                current_event[task] = i
+                sched.lockdep_event = i
+                pre = model.snapshot()
+                model.begin(ev.op)
+                task_obs[task] = model.obs
+                if dead[0]:
+                    obs = model.obs
+                else:
+                    obs = apply_in_task(model, mm, sched, ev, apply_event)
+                pos[task] += 1
+                current_event[task] = None
+                post = model.snapshot()
+                r = runs[i]
+                r.ran, r.obs = True, obs
+                if obs.crashed:
+                    dead[0] = True
+                exp = expect(ev, pre) if i not in interleaved else None
+                side = SideResult(pre, post, obs, model.host)
+                r.findings = check_side(ev, exp, side, contexts[i])
+                sched.point(boundary=True)
+            # the task leaves the kernel (a vCPU returns to userspace): its srcu sections end
+            for idx in [k for k, t in model.srcu.readers.items() if t.name == task]:
+                model.srcu.read_unlock(sched, idx)
+        return body
+
+    for task in sorted(programs, key=lambda t: programs[t][0]):
+        sched.add(task, body_for(task))
+    sched.run()
+    model.sched = None
+    if sched.deadlock is not None:
+        d = sched.deadlock
+        locks = sorted({w.split(" (")[0] for _, w, _ in d.waits})
+        # reported at the event whose wait closed the cycle (the newest of the waiting events)
+        blocked = max((current_event[t] for t, _, _ in d.waits if current_event.get(t) is not None),
+                      default=len(events) - 1)
+        out.trace_findings.append((blocked, Finding("deadlock", "wait-for-cycle:" + "+".join(locks), d.describe())))
+    elif sched.hit_step_limit:
+        out.trace_findings.append((len(events) - 1, Finding("deadlock", "no-progress",
+                                                           f"no task finished within {sched.step_limit} scheduling points")))
+    cyc = sched.lockdep.cycle
+    if cyc is not None:
+        names = cyc.locks()
+        k = names.index(min(names))
+        shape = "cycle:" + "->".join(names[k:] + names[:k])
+        at = sched.lockdep.cycle_event if sched.lockdep.cycle_event is not None else 0
+        out.trace_findings.append((at, Finding("lock-order", shape, "possible circular locking dependency: "
+                                               + cyc.describe())))
+    if sched.deadlock is None and not sched.hit_step_limit and not dead[0]:
+        last = max((i for i, r in enumerate(runs) if r.ran), default=0)
+        if model.mmu_notifier_count != 0:
+            out.trace_findings.append((last, Finding(
+                "count-imbalance", "count-left-raised",
+                f"mmu_notifier_count is {model.mmu_notifier_count} after every invalidation ended: "
+                "every later fault in its range retries forever")))
+        active = getattr(model, "mn_active_invalidate_count", 0)
+        if active != 0:
+            out.trace_findings.append((last, Finding(
+                "count-imbalance", "active-count-left-raised",
+                f"mn_active_invalidate_count is {active} after every invalidation ended: memslot updates wait forever")))
+    return out
+
+
+def run_trace_tasks(events: list[Event], arch: str, old, new, apply_event
+                    ) -> tuple[list[Divergence], list[tuple[Observation, Observation]]]:
+    """Both sides in task mode: divergences in trace order (deduplicated by signature later)
+    and each event's observations per side."""
+    for ev in events:
+        role = task_role(ev.task)
+        if ev.task != MAIN_TASK and not isinstance(ev, Schedule) and ev.op not in TASK_ROLES.get(role, ()):
+            raise ModelError(f"event {ev.op} cannot run in task {ev.task} (a {role} task runs "
+                             f"{', '.join(TASK_ROLES.get(role, ()))})")
+    contexts = trace_contexts(events)
+    r_old = run_side(old.make, events, arch, apply_event, contexts)
+    r_new = run_side(new.make, events, arch, apply_event, contexts)
+    per: dict[int, tuple[list[Finding], list[Finding]]] = {}
+    for i in range(len(events)):
+        per[i] = (list(r_old.events[i].findings), list(r_new.events[i].findings))
+    for at, f in r_old.trace_findings:
+        per[at][0].append(f)
+    for at, f in r_new.trace_findings:
+        per[at][1].append(f)
+    out: list[Divergence] = []
+    for i, ev in enumerate(events):
+        f_old, f_new = per[i]
+        if f_old or f_new:
+            out += merge_findings(i, ev, f_old, f_new)
+    observations = [(r_old.events[i].obs or Observation(ev.op), r_new.events[i].obs or Observation(ev.op))
+                    for i, ev in enumerate(events)]
+    return out, observations

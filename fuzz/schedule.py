@@ -1,0 +1,75 @@
+"""Schedules: which task runs at each scheduling point of a task-mode run (impls/tasks.py).
+
+Two policies, both deterministic, so a saved trace replays its schedule exactly:
+
+* `TraceOrder` (the default, and what a `preempt` directive refines).  At the end of an event,
+  a task that is in the middle of an event and can run again (it was blocked, or was preempted)
+  resumes first, the one whose event is oldest in the trace; otherwise the task whose next event
+  comes first in the trace starts it.  Inside an event the running task keeps running until it
+  blocks or ends.  A `preempt` list [[N, T], ...] switches to task T at scheduling point N when T
+  can run: that is how a schedule puts a vCPU's access inside a TDP MMU yield.
+* `Pct` (probabilistic concurrency testing, Burckhardt et al., ASPLOS 2010): the tasks get
+  random distinct priorities, the highest-priority task that can run always runs, and at d-1
+  random scheduling points the running task drops below every other.  A bug of depth d shows
+  with probability at least 1/(n k^(d-1)) per run (n tasks, k steps).
+
+Exploration (fuzz/explore.py) draws PCT schedules for random runs and enumerates preempt lists
+up to a bound for exhaustive ones; the minimizer shrinks either form.
+"""
+from __future__ import annotations
+
+import random
+
+from impls.tasks import Policy, Scheduler, Task
+
+from .trace import Event, Schedule
+
+
+class TraceOrder(Policy):
+    """Events start in trace order; a running event keeps the CPU until it blocks or ends."""
+
+    def __init__(self, next_index, current_index, preempt: tuple = ()):
+        self.next_index = next_index          # task name -> trace index of its next event (or a big number)
+        self.current_index = current_index    # task name -> trace index of the event it is in (or None)
+        self.preempt = dict(preempt)
+
+    def choose(self, sched: Scheduler, runnable: list[Task], current: Task | None, at_boundary: bool) -> Task:
+        want = self.preempt.get(sched.steps)
+        if want is not None:
+            for t in runnable:
+                if t.name == want:
+                    return t
+        if current is not None and not at_boundary and current in runnable:
+            return current
+        resuming = [t for t in runnable if self.current_index(t.name) is not None]
+        if resuming:
+            return min(resuming, key=lambda t: self.current_index(t.name))
+        return min(runnable, key=lambda t: self.next_index(t.name))
+
+
+class Pct(Policy):
+    """PCT with `depth` priority change points over an estimated `steps` scheduling points."""
+
+    def __init__(self, seed: int, depth: int, tasks: list[str], steps: int):
+        rng = random.Random(seed)
+        order = list(tasks)
+        rng.shuffle(order)
+        # priorities depth.. depth+n-1 for the tasks; change points lower to 0..depth-2
+        self.priority = {t: depth + i for i, t in enumerate(order)}
+        points = sorted(rng.sample(range(1, max(steps, depth) + 1), max(0, depth - 1))) if depth > 1 else []
+        self.change = {p: depth - 2 - i for i, p in enumerate(points)}
+
+    def choose(self, sched: Scheduler, runnable: list[Task], current: Task | None, at_boundary: bool) -> Task:
+        low = self.change.get(sched.steps)
+        if low is not None and current is not None:
+            self.priority[current.name] = low
+        return max(runnable, key=lambda t: (self.priority.get(t.name, 0), -t.order))
+
+
+def policy_for(directive: Schedule | None, events: list[Event], next_index, current_index) -> Policy:
+    """The policy a trace asks for (its schedule directive, or the default)."""
+    if directive is not None and directive.pct is not None:
+        seed, depth = directive.pct
+        tasks = sorted({e.task for e in events if not isinstance(e, Schedule)})
+        return Pct(seed, depth, tasks, steps=8 * len(events) + 8)
+    return TraceOrder(next_index, current_index, directive.preempt if directive is not None else ())
