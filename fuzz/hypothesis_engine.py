@@ -19,6 +19,10 @@ from .runner import run_trace
 ROUND_EXAMPLES = 300       # a round lasts about a second; time is checked between rounds
 
 
+class _OutOfTime(BaseException):
+    """Ends a hypothesis.find round at max_time (not an Exception: hypothesis lets it through)."""
+
+
 def run_hypothesis(job: Job, known: list[KnownEntry], progress: Progress | None = None,
                    seen: set[str] | None = None) -> JobResult:
     res = JobResult(job)
@@ -26,15 +30,30 @@ def run_hypothesis(job: Job, known: list[KnownEntry], progress: Progress | None 
     start = time.monotonic()
     stats = {"events": 0, "traces": 0}
 
+    answers: dict[tuple, bool] = {}
+    best: list[list] = []          # the shortest trace of this round that showed something new
+
     def shows_something_new(events) -> bool:
-        # pure in `events` (seen only changes between rounds): hypothesis needs a stable predicate
+        # pure in `events` (seen only changes between rounds): hypothesis needs a stable predicate.
+        # Past max_time the round ends with the best trace so far: a contained candidate can
+        # cost --trace-timeout per trace, and the shrinker knows no time limit.
+        key = tuple(events)
+        if key in answers:
+            return answers[key]
+        if time.monotonic() - start >= job.max_time:
+            raise _OutOfTime
         r = run_trace(events, job.arch, job.old, job.new, known)
         stats["events"] += r.events
         stats["traces"] += 1
-        return any(d.signature not in seen for d in r.divergences)
+        answers[key] = any(d.signature not in seen for d in r.divergences)
+        if answers[key] and (not best or len(events) <= len(best[0])):
+            best[:] = [list(events)]
+        return answers[key]
 
     try:
         while time.monotonic() - start < job.max_time:
+            answers.clear()
+            best.clear()
             try:
                 small = find(traces(job.gen), shows_something_new,
                              settings=settings(max_examples=ROUND_EXAMPLES, deadline=None, database=None,
@@ -46,6 +65,10 @@ def run_hypothesis(job: Job, known: list[KnownEntry], progress: Progress | None 
                 if progress:
                     progress(res, "tick")
                 continue
+            except _OutOfTime:
+                if not best:
+                    break
+                small = best[0]
             for d in run_trace(small, job.arch, job.old, job.new, known).divergences:
                 if d.signature in seen:
                     continue

@@ -84,6 +84,9 @@ def replay_details(events: list[Event], old_side: Side, new_side: Side,
                    upto: int | None = None) -> list[EventDetail]:
     """Re-run `events` (through index `upto`, default all) on both sides, as run_trace does
     (a side that crashed stops), keeping each side's pre-state and the reference for it."""
+    if old_side.contained or new_side.contained:     # a user's candidate: only in its worker
+        from .contain import replay_details_contained
+        return replay_details_contained(events, old_side, new_side, upto)
     models = {"old": old_side.make(), "new": new_side.make()}
     names = {"old": old_side.name, "new": new_side.name}
     dead = {"old": False, "new": False}
