@@ -93,53 +93,53 @@ class LoaderRun:
 
 SEEDS = [REPO / "tests" / "data" / "loader_seeds", REPO / "tests" / "data" / "loader_crashes",
          REPO / "corpus" / "seeds", REPO / "oracles" / "known"]
-_DONE = re.compile(r"^(?:#(\d+)\s+DONE|Done (\d+) runs)")
+_FORK_STATUS = re.compile(r"^#(\d+): cov: ")
+DICT = Path(__file__).resolve().with_suffix(".dict")      # the loaders' keywords
 
 
 def fuzz_loaders(seconds: float, corpus_dir: Path, crash_dir: Path, max_len: int = 16384,
                  extra_args: list[str] | tuple[str, ...] = ()) -> LoaderRun:
-    """Run this target for `seconds`: libFuzzer's corpus in `corpus_dir` (kept), seeded from
-    SEEDS; each input a loader fails on is saved as crash_dir/crash-<sha1> and the target is
-    relaunched while time remains.  Ctrl-C or SIGTERM stop it (interrupted=True)."""
+    """Run this target for `seconds` in libFuzzer's fork mode (-fork=1 -ignore_crashes=1, so
+    a failing input does not end the run): its corpus in `corpus_dir` (kept), seeded from
+    SEEDS; each input a loader fails on is saved as crash_dir/crash-<sha1>.  Ctrl-C or
+    SIGTERM stop it (interrupted=True).  The target dies with this process."""
+    from .lifetime import preexec_die_with_parent
     corpus_dir, crash_dir = Path(corpus_dir), Path(crash_dir)
     corpus_dir.mkdir(parents=True, exist_ok=True)
     crash_dir.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ)
     env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    res = LoaderRun()
+    # fork mode re-executes this script through its #! line: this Python first on PATH
+    env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
+    res = LoaderRun(launches=1)
     started = time.monotonic()
     before = set(crash_dir.iterdir())
-    while True:
-        left = seconds - (time.monotonic() - started)
-        if left < 1 and res.launches:
-            break
-        cmd = [sys.executable, str(Path(__file__).resolve()), f"-max_total_time={max(1, int(left))}",
-               f"-max_len={max_len}", f"-artifact_prefix={crash_dir.resolve()}/", *extra_args,
-               str(corpus_dir.resolve()), *(str(d) for d in SEEDS if d.is_dir())]
-        res.launches += 1
-        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, errors="replace", start_new_session=True)
-        try:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                res.log_tail = (res.log_tail + [line.rstrip("\n")])[-40:]
-                m = _DONE.match(line)
-                if m:
-                    res.execs += int(m.group(1) or m.group(2))
-            rc = proc.wait()
-        except KeyboardInterrupt:
-            res.interrupted = True
+    cmd = [sys.executable, str(Path(__file__).resolve()), "-fork=1", "-ignore_crashes=1",
+           f"-max_total_time={max(1, int(seconds))}", f"-max_len={max_len}",
+           f"-artifact_prefix={crash_dir.resolve()}/", f"-dict={DICT}", *extra_args,
+           str(corpus_dir.resolve()), *(str(d) for d in SEEDS if d.is_dir())]
+    proc = subprocess.Popen(cmd, env=env, cwd=corpus_dir, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, errors="replace",
+                            start_new_session=True, preexec_fn=preexec_die_with_parent(os.getpid()))
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            res.log_tail = (res.log_tail + [line.rstrip("\n")])[-40:]
+            m = _FORK_STATUS.match(line)
+            if m:
+                res.execs = int(m.group(1))
+        proc.wait()
+    except KeyboardInterrupt:
+        res.interrupted = True
+    finally:
+        if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGINT)
             try:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-            break
-        new = set(crash_dir.iterdir()) - before - set(res.crashes)
-        res.crashes += sorted(new)
-        if rc == 0 or not new:
-            break           # time is up, or a failure that left no input (the target's own)
+    res.crashes = sorted(set(crash_dir.iterdir()) - before)
     res.seconds = time.monotonic() - started
     return res
 
