@@ -138,7 +138,16 @@ def test_aligned_only_run_sends_page_aligned_ranges_only(tmp_path):
     assert all(d["reachability"] == "aligned" for d in doc["divergences"])
 
 
-@pytest.mark.parametrize("engine", ["hypothesis", "atheris"])
+def test_atheris_refuses_a_candidate_it_cannot_contain(tmp_path, capsys):
+    cand = tmp_path / "my_patch.py"
+    cand.write_text(OFF_BY_ONE)
+    rc = main(["run", "--arch", "x86-shadow", "--old", "v5.13", "--new", f"{cand}:OffByOne",
+               "--engine", "atheris", "--max-time", "5", "--out", str(tmp_path / "out"), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err and "atheris cannot run a candidate" in err
+
+
+@pytest.mark.parametrize("engine", ["hypothesis"])
 def test_other_engines_catch_the_off_by_one(tmp_path, engine):
     cand = tmp_path / "my_patch.py"
     cand.write_text(OFF_BY_ONE)
