@@ -28,7 +28,7 @@ process, so nothing it does can end or stall the tool.
 from __future__ import annotations
 
 import atexit
-import itertools
+import copy
 import os
 import resource
 import signal
@@ -106,27 +106,43 @@ def _os_exit_raises(status=0):
     raise OsExitCalled(f"os._exit({status})")
 
 
-class _Published(runner.Side):
-    """A Side in the worker whose models publish, before each event, which side and which event
-    they are applying (index -1 while the constructor runs)."""
+class _Publisher:
+    """In the worker: publishes in shared memory which side and which event of the current trace
+    is being applied, so the tool knows it after killing a worker that hung.  It wraps
+    runner.apply_event (which run_trace, task mode included, and picture.replay_details call),
+    so it holds whatever order the events run in."""
 
-    def __init__(self, name, cls, code: int, where):
+    def __init__(self, where):
+        self.where = where
+        self.sides: dict[int, int] = {}        # id(model) -> side code
+        self.index: dict[int, int] = {}        # id(event) -> its index in the current trace
+        self.apply_event = runner.apply_event
+
+    def trace(self, events: list) -> list:
+        """The trace of a request, as distinct event objects (unpickling shares equal ones)."""
+        events = [copy.copy(ev) for ev in events]
+        self.index = {id(ev): i for i, ev in enumerate(events)}
+        return events
+
+    def published_apply_event(self, model, ev):
+        where = self.where
+        where[0] = self.sides.get(id(model), where[0])
+        where[1] = self.index.get(id(ev), where[1])
+        return self.apply_event(model, ev)
+
+
+class _Published(runner.Side):
+    """A Side in the worker whose models say which side they are (index -1: constructing)."""
+
+    def __init__(self, name, cls, code: int, publisher: _Publisher):
         super().__init__(name, cls)
-        self.code, self.where = code, where
+        self.code, self.publisher = code, publisher
 
     def make(self):
-        where, code = self.where, self.code
-        where[0], where[1] = code, CONSTRUCTING
+        where = self.publisher.where
+        where[0], where[1] = self.code, CONSTRUCTING
         model = super().make()
-        begin, count = model.begin, itertools.count()
-
-        def published_begin(op, _next=count.__next__):
-            where[0], where[1] = code, _next()
-            return begin(op)
-        try:
-            model.begin = published_begin
-        except Exception:                 # a model without an instance dict: index stays unknown
-            pass
+        self.publisher.sides[id(model)] = self.code
         return model
 
 
@@ -140,12 +156,14 @@ def _serve(conn, arch: str, names: tuple[str, str], where, parent_pid: int) -> N
         resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
     os._exit = _os_exit_raises
     runner.CAUGHT = BaseException
-    from .picture import replay_details
+    from . import picture
+    publisher = _Publisher(where)
+    runner.apply_event = picture.apply_event = publisher.published_apply_event
     sides = {}
     try:
         for code, (k, name) in enumerate(zip(SIDES, names)):
             where[0], where[1] = code, IMPORTING
-            sides[k] = _Published(name, registry.resolve(arch, name), code, where)
+            sides[k] = _Published(name, registry.resolve(arch, name), code, publisher)
         for s in sides.values():
             s.make()
         conn.send(("ready", {"address_space_num": sides["old"].cls.address_space_num,
@@ -165,10 +183,11 @@ def _serve(conn, arch: str, names: tuple[str, str], where, parent_pid: int) -> N
         except (EOFError, OSError):
             return
         try:
+            events = publisher.trace(args[0])
             if what == "run_trace":
-                msg = ("ok", runner.run_trace(args[0], arch, sides["old"], sides["new"], [], *args[1:]))
+                msg = ("ok", runner.run_trace(events, arch, sides["old"], sides["new"], [], *args[1:]))
             elif what == "replay_details":
-                msg = ("ok", replay_details(args[0], sides["old"], sides["new"], *args[1:]))
+                msg = ("ok", picture.replay_details(events, sides["old"], sides["new"], *args[1:]))
             else:   # "initial": each side's state before any event
                 msg = ("ok", tuple(s.make().snapshot() for s in sides.values()))
         except BaseException as e:
