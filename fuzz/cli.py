@@ -482,8 +482,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         check_outputs(args)     # numbers are checked by their argparse types
-        return {"list": cmd_list, "run": cmd_run, "replay": cmd_replay, "show": cmd_show,
+        code = {"list": cmd_list, "run": cmd_run, "replay": cmd_replay, "show": cmd_show,
                 "ci": cmd_ci}[args.cmd](args)
+        # a command that stopped on SIGINT/SIGTERM and wound up by itself (ci) still says so
+        return lifetime.exit_code() if code != 2 and lifetime.stop_signal() is not None else code
     except (ModelLoadError, CandidateError, TraceError, KnownListError, UsageError, report.ReportError,
             output.OutputError) as e:
         print(f"memslot-fuzz: {e}", file=sys.stderr)

@@ -173,3 +173,17 @@ def test_a_worker_whose_parent_died_before_die_with_parent_ends_at_once():
     assert not gone_within({worker}, 30)
     assert os.read(r, 16) == b""          # the worker never wrote "survived"
     os.close(r)
+
+
+def test_ci_mode_stops_on_sigterm_with_its_summary_and_143(tmp_path):
+    pytest.importorskip("atheris")
+    proc = subprocess.Popen([EXE, "ci", "--mode", "code-change", "--seconds", "300", "--arch", "mips",
+                             "--state", str(tmp_path / "state"), "--out", str(tmp_path / "out")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    wait_for(proc, "traces")
+    workers = children(proc.pid)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    assert "Traceback" not in err and "(interrupted)" in out
+    assert not gone_within(workers, 30)
