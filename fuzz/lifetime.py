@@ -46,8 +46,9 @@ def _on_stop_signal(signum, frame) -> None:
     if first and not _holding:
         raise Interrupted(signum)
     if not _quiet_repeat[0]:
-        print(f"memslot-fuzz: {signal.Signals(signum).name} again: still saving and reporting "
-              "(SIGKILL ends at once, losing the report)", file=sys.stderr, flush=True)
+        again = "" if first else " again"
+        print(f"memslot-fuzz: {signal.Signals(signum).name}{again}: stopping once what was found is "
+              "saved and reported (SIGKILL ends at once, losing the report)", file=sys.stderr, flush=True)
 
 
 def install_stop_handlers() -> None:
