@@ -32,7 +32,6 @@ import copy
 import os
 import resource
 import signal
-import time
 from dataclasses import dataclass
 from multiprocessing import connection, sharedctypes
 
