@@ -127,8 +127,12 @@ class X86ShadowMmu(Kvm):
             return
         self.mmu_lock()
         self.zap_leaf(leaf)
-        self.tlbs_dirty += 1
+        self.sync_page_dropped_spte()
         self.mmu_unlock()
+
+    def sync_page_dropped_spte(self) -> None:
+        # v5.12 arch/x86/kvm/mmu/paging_tmpl.h FNAME(sync_page): the remote flush is deferred
+        self.tlbs_dirty += 1
 
     def kvm_arch_flush_shadow_all(self) -> None:
         # v5.12 arch/x86/kvm/x86.c kvm_arch_flush_shadow_all -> kvm_mmu_zap_all (flushes)
@@ -201,16 +205,9 @@ class X86ShadowSyncPageFlushes_6bc6db000295(X86ShadowMmu):
     """6bc6db000295 "KVM: X86: Remove tlbs_dirty" (v5.15): FNAME(sync_page) no longer defers
     its flush through kvm->tlbs_dirty; the dropped SPTE is flushed before mmu_lock is released."""
 
-    def sync_page(self, as_id: int, gfn: int) -> None:
+    def sync_page_dropped_spte(self) -> None:
         # v5.15 arch/x86/kvm/mmu/paging_tmpl.h FNAME(sync_page): the caller flushes what it dropped
-        leaf = self.leaves.get((as_id, gfn, LEVEL_4K))
-        if leaf is None:
-            self.obs.note = "no 4K SPTE to drop"
-            return
-        self.mmu_lock()
-        self.zap_leaf(leaf)
         self.kvm_flush_remote_tlbs("kvm_sync_page")
-        self.mmu_unlock()
 
 
 # commits after v5.13 that change what this arch's handlers do, from the version that has them

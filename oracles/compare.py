@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from fuzz.trace import Event, FaultCommit
+from language.trace import Event, FaultCommit
 from impls.kvm import State
 from impls.machine import HostPageTable, Leaf, Memslot
 from impls.observation import Observation

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from intervaltree import IntervalTree
 
-from fuzz.trace import (ChangePte, ClearFlushYoung, ClearYoung, Event, FaultBegin, FaultCommit,
+from language.trace import (ChangePte, ClearFlushYoung, ClearYoung, Event, FaultBegin, FaultCommit,
                         InvalidateRangeEnd, InvalidateRangeStart, TestYoung, notifier_range)
 from impls.kvm import State
 from impls.machine import Leaf
