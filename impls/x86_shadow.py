@@ -120,12 +120,14 @@ class X86ShadowMmu(Kvm):
     # ----- shadow paging's deferred flush ------------------------------------------------
     def sync_page(self, as_id: int, gfn: int) -> None:
         # v5.12 arch/x86/kvm/mmu/paging_tmpl.h FNAME(sync_page): an SPTE of an unsync 4K
-        # shadow page is dropped and the flush is deferred by kvm->tlbs_dirty++
+        # shadow page is dropped and the flush is deferred by kvm->tlbs_dirty++; the whole sync
+        # runs under mmu_lock (its callers hold it), so the SPTE is looked up under the lock
+        self.mmu_lock()
         leaf = self.leaves.get((as_id, gfn, LEVEL_4K))
         if leaf is None:
             self.obs.note = "no 4K SPTE to drop"
+            self.mmu_unlock()
             return
-        self.mmu_lock()
         self.zap_leaf(leaf)
         self.sync_page_dropped_spte()
         self.mmu_unlock()
