@@ -25,7 +25,7 @@ from .picture import html_page, replay_details, svg_from_detail, write_pictures
 from .reachability import ALIGNED, UNALIGNED_ONLY, reachability
 from .reachability import VALUES as REACH_VALUES
 from .runner import Side
-from .trace import TraceError, event_to_json, trace_from_json, trace_to_json
+from .trace import MAIN_TASK, TraceError, event_to_json, trace_from_json, trace_to_json
 
 REPORT_SCHEMA = "memslot-fuzz-report/1"
 
@@ -226,9 +226,12 @@ def timeline_rows(events, res, arch: str, old, new, known=None):
     for d in res.divergences:
         by_event.setdefault(d.event_index, []).append(d)
     rows = []
+    width = max((len(ev.task) for ev in events), default=0) if is_task_trace(events) else 0
     for i, ev in enumerate(events):
-        args = {k: v for k, v in event_to_json(ev).items() if k != "op"}
+        args = {k: v for k, v in event_to_json(ev).items() if k != "op" and not (width and k == "task")}
         line = f"{ev.op} " + " ".join(f"{k}={v}" for k, v in args.items())
+        if width:       # a task column: which task runs the event
+            line = f"{('' if ev.op == 'schedule' else ev.task):{width}s}  {line}"
         lines: list[tuple[str, str]] = []
         if i < len(res.observations):
             o, n = res.observations[i]
@@ -280,8 +283,29 @@ def print_timeline(events, res, arch: str, old, new, out: TextIO, color: bool | 
                     f"        ** {d.cls} [{d.wrong_side} wrong, {status}] {d.shape}: {d.detail}{r}"), file=out)
             if d.known and d.explanation:
                 print(f"           {d.explanation.splitlines()[0][:160]}", file=out)
+    for text in run_order_lines(res):
+        print(text, file=out)
     if not res.divergences:
         print("no divergence", file=out)
+
+
+def is_task_trace(events) -> bool:
+    """Events of more than one task, or a schedule directive."""
+    return any(ev.task != MAIN_TASK or ev.op == "schedule" for ev in events)
+
+
+def run_order_lines(res) -> list[str]:
+    """Task mode: the order each side's tasks ran in, a segment per line (task, the events it
+    was in, '…' when it resumed one already under way, and why it stopped)."""
+    if not res.schedules:
+        return []
+    old, new = ([seg.describe() for seg in res.schedules.get(side, [])] for side in ("old", "new"))
+    sides = [("both", old)] if old == new else [("old", old), ("new", new)]
+    lines = []
+    for who, segs in sides:
+        lines.append(f"run order ({who}):")
+        lines += [f"    {k:3d}  {seg}" for k, seg in enumerate(segs)]
+    return lines
 
 
 def show_html(events, res, arch: str, old, new) -> str:
@@ -310,6 +334,9 @@ def show_html(events, res, arch: str, old, new) -> str:
                     f"{'known' if d.known else 'NEW'}] {escape(d.shape)}</b>: {escape(d.detail)}")
         parts.append(f"<tr{cls}><td>{i}</td><td>{escape(line)}</td><td>{obs}</td></tr>")
     parts.append("</table>")
+    order = run_order_lines(res)
+    if order:
+        parts.append("<h2>run order</h2><pre>" + escape("\n".join(order)) + "</pre>")
     return html_page(f"memslot-fuzz show: {arch}", "\n".join(parts))
 
 

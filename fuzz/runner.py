@@ -123,6 +123,7 @@ class TraceResult:
     divergences: list[Divergence] = field(default_factory=list)
     events: int = 0
     observations: list[tuple[Observation, Observation]] = field(default_factory=list)
+    schedules: dict = field(default_factory=dict)   # task mode: side -> [runner_tasks.Segment]
 
 
 def run_trace(events: list[Event], arch: str, old: Side, new: Side, known: list[KnownEntry],
@@ -167,10 +168,11 @@ def run_trace(events: list[Event], arch: str, old: Side, new: Side, known: list[
 def _run_trace_tasks(events: list[Event], arch: str, old: Side, new: Side, known: list[KnownEntry],
                      keep_observations: bool) -> TraceResult:
     """Several tasks: fuzz/runner_tasks.py runs each side under its scheduler."""
-    divs, observations = run_trace_tasks(events, arch, old, new, apply_event)
+    divs, observations, schedules = run_trace_tasks(events, arch, old, new, apply_event)
     res = TraceResult(events=len(events))
     if keep_observations:
         res.observations = observations
+        res.schedules = schedules
     seen: set[str] = set()
     for d in divs:
         d.arch, d.old, d.new = arch, old.name, new.name

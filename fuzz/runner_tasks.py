@@ -5,9 +5,19 @@ fuzz/schedule.py), then the two sides are compared event by event as in one-task
 The sides run one after the other, each with its own scheduler, since their interleavings may
 differ (one side blocks where the other does not).  Per event and side we keep the state when
 the event started and when it ended; an event that ran alone from start to end is checked
-against the reference like any one-task event, an event that other tasks interleaved with is
-checked only for what holds at any instant (warnings, crashes, counts, the machine's own
-invariants).  Then the properties of paired notifiers, over the whole run:
+against the reference like any one-task event.  An event that other tasks interleaved with (on
+either side: one level for both, so blame does not follow scheduling) keeps the checks that
+read only the memslots when no task changed them meanwhile, else only what holds at any
+instant (warnings, crashes, counts, the machine's own invariants, what it left mapped).  When
+the sides reached an event in different orders, a one-sided finding that both versions are
+known for is that known behaviour (oracles.triage.mark_known).
+
+Each task's program runs in trace order; the tasks' steps need not.  A step that the host's
+own rules make impossible where a schedule puts it is not run (`lost_race`): a host fault on a
+page another thread already populated, a set_pte_at_notify on an absent pte; and `release`
+(exit_mmap) waits for every other task to exit.
+
+Then the properties of paired notifiers, over the whole run:
 
 * deadlock: every live task waits; the wait-for cycle names tasks and locks;
 * lock-order: a cycle in lock acquisition order (lockdep), the mm's pseudo-lock included;
@@ -28,12 +38,12 @@ from impls.kvm import Kvm, ModelError
 from impls.machine import HostPageTable
 from impls.observation import Observation
 from impls.tasks import LockdepMap, RwSem, Scheduler
-from oracles.compare import Divergence, Finding, SideResult, check_side, merge_findings
+from oracles.compare import INSTANT, MEMSLOTS, STATE, Divergence, Finding, SideResult, check_side, merge_findings
 from oracles.reference import expect, trace_contexts
 
 from .schedule import policy_for
-from .trace import (MAIN_TASK, TASK_ROLES, ChangePte, Event, InvalidateRangeEnd, InvalidateRangeStart,
-                    Schedule, task_role)
+from .trace import (MAIN_TASK, TASK_ROLES, ChangePte, Event, FaultCommit, HostMap, InvalidateRangeEnd, InvalidateRangeStart,
+                    Release, Schedule, task_role)
 
 NEVER = 1 << 60
 
@@ -62,6 +72,23 @@ class EventRun:
     ran: bool = False
     findings: list[Finding] = field(default_factory=list)
     obs: Observation | None = None
+    interleaved: bool = False        # another task ran between its start and its end
+    slots_same: bool = True          # the memslots at its end were those at its start
+    started_before: tuple = ()       # the events this side started before it, in order
+
+
+@dataclass
+class Segment:
+    """A stretch of one side's run in which one task ran: the events it was in (`resumed`: the
+    first was already under way) and why it stopped (blocked on a lock, preempted, exited)."""
+    task: str
+    events: list[int]
+    resumed: bool
+    stop: str = ""
+
+    def describe(self) -> str:
+        evs = ",".join(str(i) for i in self.events) or "-"
+        return f"{self.task} {'…' if self.resumed else ''}{evs}" + (f" ({self.stop})" if self.stop else "")
 
 
 @dataclass
@@ -69,6 +96,7 @@ class SideRun:
     events: list[EventRun]
     trace_findings: list[tuple[int, Finding]] = field(default_factory=list)
     model: Kvm | None = None
+    segments: list[Segment] = field(default_factory=list)
 
 
 class MmSide:
@@ -81,10 +109,34 @@ class MmSide:
         self.depth: dict[str, int] = {}
 
 
-def apply_in_task(model: Kvm, mm: MmSide, sched: Scheduler, ev: Event, apply_event) -> Observation:
-    """Run one event inside its task, with the mm side around notifier callbacks."""
+def lost_race(host: HostPageTable, ev: Event) -> str | None:
+    """Why `ev`, legal where the trace puts it, cannot happen where this schedule runs it (each
+    task's program is in trace order, the tasks' steps are not), or None.  The host's own rules
+    decide, as they would for two threads of the process: a host fault that finds the pte
+    already present (another thread populated it first) changes nothing and notifies nobody,
+    and set_pte_at_notify replaces only a present pte."""
+    if isinstance(ev, HostMap):
+        first, count = ev.hva >> host.page_shift, ev.size >> host.page_shift
+        for page in range(first, first + count):
+            hva = page << host.page_shift
+            if host.ptes.get(page) is not None and not any(
+                    s <= hva and hva + (1 << host.page_shift) <= e for _, s, e in host.open_invalidations):
+                return f"host page {hva:#x} is already present and no invalidation of it is open: " \
+                       "another thread populated it first"
+    if isinstance(ev, ChangePte) and host.lookup(ev.hva) is None:
+        return f"host page {ev.hva:#x} is not present: there is no pte for set_pte_at_notify to replace"
+    return None
+
+
+def apply_in_task(model: Kvm, mm: MmSide, sched: Scheduler, ev: Event, apply_event) -> Observation | None:
+    """Run one event inside its task, with the mm side around notifier callbacks; None when
+    the event cannot happen at this point of the schedule (`lost_race`)."""
     task = sched.current.name
     host: HostPageTable = model.host
+    why = lost_race(host, ev)
+    if why is not None:
+        model.obs.note = f"not run: {why}"
+        return None
     if isinstance(ev, InvalidateRangeStart):
         if mm.depth.get(task, 0) == 0:
             mm.mmap_lock.down_read(sched, "do_user_addr_fault")
@@ -109,6 +161,13 @@ def apply_in_task(model: Kvm, mm: MmSide, sched: Scheduler, ev: Event, apply_eve
         if mm.depth[task] == 0:
             mm.mmap_lock.up_read(sched)
         return obs
+    if isinstance(ev, Release):
+        # exit_mmap runs once mm_users drops to zero: every other thread of the process (the
+        # vCPUs, the ioctl caller, the other mm contexts) has exited by then
+        me = sched.current
+        others = lambda: sorted(t.name for t in sched.tasks.values() if t is not me and not t.done)
+        sched.wait_until(lambda: not others(), "mm_users to drop to zero (exit_mmap)", others)
+        return apply_event(model, ev)
     if isinstance(ev, ChangePte):
         mm.ptl.acquire(sched, "wp_page_copy")
         obs = apply_event(model, ev)
@@ -117,7 +176,27 @@ def apply_in_task(model: Kvm, mm: MmSide, sched: Scheduler, ev: Event, apply_eve
     return apply_event(model, ev)
 
 
-def run_side(cls_make, events: list[Event], arch: str, apply_event, contexts) -> SideRun:
+def context_in_run_order(events: list[Event], started: list[int], i: int) -> frozenset[str]:
+    """oracles.reference.trace_contexts for event i, over the events in the order this side
+    started them (a schedule can move a bare change_pte into a fault that the trace order has
+    after it)."""
+    if not isinstance(events[i], FaultCommit):
+        return frozenset()
+    return trace_contexts([events[k] for k in started])[started.index(i)]
+
+
+def why_stopped(t, mid_event: bool) -> str:
+    """Why task `t` gave up the CPU at a switch: blocked, preempted inside an event, or it
+    finished an event (or all of them) and another task was chosen."""
+    if t.done:
+        return "exits"
+    if t.wait is not None:
+        holders = t.wait.holders()
+        return f"waits for {t.wait.what}" + (f" held by {', '.join(holders)}" if holders else "")
+    return "preempted" if mid_event else ""
+
+
+def run_side(cls_make, events: list[Event], arch: str, apply_event) -> SideRun:
     """Run every task of `events` on a fresh model of one side."""
     model: Kvm = cls_make()
     directive = next((e for e in events if isinstance(e, Schedule)), None)
@@ -136,11 +215,19 @@ def run_side(cls_make, events: list[Event], arch: str, apply_event, contexts) ->
         p = programs[t]
         return p[pos[t]] if pos[t] < len(p) else NEVER
 
+    segments: list[Segment] = []
+    started: list[int] = []          # event indices in the order this side started them
+
     def on_switch(task) -> None:
         if last_task[0] is not None and last_task[0] != task.name:
             for t, i in current_event.items():
                 if i is not None and t != task.name:
                     interleaved.add(i)
+        if last_task[0] != task.name:
+            if segments:
+                segments[-1].stop = why_stopped(sched.tasks[last_task[0]], current_event.get(last_task[0]) is not None)
+            i = current_event.get(task.name)
+            segments.append(Segment(task.name, [i] if i is not None else [], i is not None))
         last_task[0] = task.name
         if task.name in task_obs:
             model.obs = task_obs[task.name]
@@ -162,13 +249,18 @@ def run_side(cls_make, events: list[Event], arch: str, apply_event, contexts) ->
                 ev = events[i]
                 current_event[task] = i
                 sched.lockdep_event = i
+                segments[-1].events.append(i)
+                started.append(i)
                 pre = model.snapshot()
                 model.begin(ev.op)
                 task_obs[task] = model.obs
+                skipped = False
                 if dead[0]:
                     obs = model.obs
                 else:
                     obs = apply_in_task(model, mm, sched, ev, apply_event)
+                    if obs is None:
+                        obs, skipped = model.obs, True
                 pos[task] += 1
                 current_event[task] = None
                 post = model.snapshot()
@@ -176,9 +268,13 @@ def run_side(cls_make, events: list[Event], arch: str, apply_event, contexts) ->
                 r.ran, r.obs = True, obs
                 if obs.crashed:
                     dead[0] = True
-                exp = expect(ev, pre) if i not in interleaved else None
+                if skipped:
+                    sched.point(boundary=True)
+                    continue
+                r.interleaved, r.slots_same = i in interleaved, pre.slots == post.slots
+                r.started_before = tuple(started[:-1])
                 side = SideResult(pre, post, obs, model.host)
-                r.findings = check_side(ev, exp, side, contexts[i])
+                r.findings = check_side(ev, expect(ev, pre), side, context_in_run_order(events, started, i))
                 sched.point(boundary=True)
             # the task leaves the kernel (a vCPU returns to userspace): its srcu sections end
             for idx in [k for k, t in model.srcu.readers.items() if t.name == task]:
@@ -189,6 +285,9 @@ def run_side(cls_make, events: list[Event], arch: str, apply_event, contexts) ->
         sched.add(task, body_for(task))
     sched.run()
     model.sched = None
+    if segments and sched.deadlock is not None:
+        segments[-1].stop = why_stopped(sched.tasks[segments[-1].task], True)
+    out.segments = segments
     if sched.deadlock is not None:
         d = sched.deadlock
         locks = sorted({w.split(" (")[0] for _, w, _ in d.waits})
@@ -222,21 +321,33 @@ def run_side(cls_make, events: list[Event], arch: str, apply_event, contexts) ->
     return out
 
 
+def trusted_level(*runs: EventRun) -> int:
+    """Which of an event's checks hold on both sides (oracles.compare.Finding.needs): all of
+    them when neither side's run of it was interleaved; those that read only the memslots when
+    it was, but no task changed the memslots meanwhile; else only the instant ones.  One level
+    for both sides, so which side is wrong does not depend on how each side was scheduled."""
+    if not any(r.interleaved for r in runs):
+        return STATE
+    return MEMSLOTS if all(r.slots_same for r in runs) else INSTANT
+
+
 def run_trace_tasks(events: list[Event], arch: str, old, new, apply_event
-                    ) -> tuple[list[Divergence], list[tuple[Observation, Observation]]]:
-    """Both sides in task mode: divergences in trace order (deduplicated by signature later)
-    and each event's observations per side."""
+                    ) -> tuple[list[Divergence], list[tuple[Observation, Observation]], dict[str, list[Segment]]]:
+    """Both sides in task mode: divergences in trace order (deduplicated by signature later),
+    each event's observations per side, and the order each side's tasks ran in."""
     for ev in events:
         role = task_role(ev.task)
         if ev.task != MAIN_TASK and not isinstance(ev, Schedule) and ev.op not in TASK_ROLES.get(role, ()):
             raise ModelError(f"event {ev.op} cannot run in task {ev.task} (a {role} task runs "
                              f"{', '.join(TASK_ROLES.get(role, ()))})")
-    contexts = trace_contexts(events)
-    r_old = run_side(old.make, events, arch, apply_event, contexts)
-    r_new = run_side(new.make, events, arch, apply_event, contexts)
+    r_old = run_side(old.make, events, arch, apply_event)
+    r_new = run_side(new.make, events, arch, apply_event)
     per: dict[int, tuple[list[Finding], list[Finding]]] = {}
     for i in range(len(events)):
-        per[i] = (list(r_old.events[i].findings), list(r_new.events[i].findings))
+        e_old, e_new = r_old.events[i], r_new.events[i]
+        level = trusted_level(e_old, e_new)
+        per[i] = ([f for f in e_old.findings if f.needs <= level],
+                  [f for f in e_new.findings if f.needs <= level])
     for at, f in r_old.trace_findings:
         per[at][0].append(f)
     for at, f in r_new.trace_findings:
@@ -245,7 +356,11 @@ def run_trace_tasks(events: list[Event], arch: str, old, new, apply_event
     for i, ev in enumerate(events):
         f_old, f_new = per[i]
         if f_old or f_new:
-            out += merge_findings(i, ev, f_old, f_new)
+            divs = merge_findings(i, ev, f_old, f_new)
+            if r_old.events[i].started_before != r_new.events[i].started_before:
+                for d in divs:
+                    d.sides_differ = True
+            out += divs
     observations = [(r_old.events[i].obs or Observation(ev.op), r_new.events[i].obs or Observation(ev.op))
                     for i, ev in enumerate(events)]
-    return out, observations
+    return out, observations, {"old": r_old.segments, "new": r_new.segments}

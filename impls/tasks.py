@@ -63,7 +63,6 @@ class Task:
     wait: Wait | None = None
     done: bool = False
     started: bool = False
-    in_event: bool = False           # between the start and the end of one of its events
     held: list[Held] = field(default_factory=list)
     order: int = 0                   # creation order
 

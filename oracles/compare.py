@@ -29,10 +29,21 @@ CLASSES = ["deadlock", "missed-invalidation", "missed-flush", "count-imbalance",
 
 @dataclass
 class Finding:
-    """One thing one side did wrong at one event."""
+    """One thing one side did wrong at one event.  `needs` says what the check read besides the
+    event's own observation: INSTANT (nothing: warnings, crashes, counts, what the event left
+    mapped), MEMSLOTS (the reference's gfn set and slot hit, which only the memslots decide) or
+    STATE (the reference's view of mappings, TLB and accessed bits when the event started).  In
+    task mode an event that other tasks interleaved with keeps only the checks whose inputs they
+    left alone (fuzz/runner_tasks.py)."""
     cls: str
     shape: str
     detail: str
+    needs: int = 0
+
+
+INSTANT, MEMSLOTS, STATE = 0, 1, 2
+# reference checks that read only the memslots (and the event's own observation)
+MEMSLOT_CHECKS = {"gfn-set-mismatch", "over-invalidation", "lock-without-hit"}
 
 
 @dataclass
@@ -49,6 +60,10 @@ class Divergence:
     known: bool = False
     explanation: str = ""
     trace: list = field(default_factory=list)
+    # task mode: the sides reached this event by different schedules (one version blocks where
+    # the other does not), so one side alone showing what both versions are known to do is that
+    # known behaviour, not a change (oracles.triage.mark_known)
+    sides_differ: bool = False
 
     @property
     def signature(self) -> str:
@@ -146,8 +161,13 @@ def check_side(ev: Event, exp: Expectation | None, side: SideResult,
         out.append(Finding("count-imbalance", "count-not-raised",
                            f"mmu_notifier_count is 0 after invalidate_range_start hit {exp.gfns.describe()}"))
 
-    # stale-mapping: a leaf this event installed or changed maps what the host does not
+    # stale-mapping: a leaf this event installed or changed maps what the host does not.  Only
+    # leaves still there when the event ends: in task mode another task may have zapped one
+    # (and changed the host) while this event was preempted, which is the kernel working
     for leaf in obs.installed + [after for _, after in obs.changed]:
+        now = post.leaves.get(leaf.key)
+        if now is None or (now.pfn, now.hva) != (leaf.pfn, leaf.hva):
+            continue
         stale = stale_leaf(leaf, post.slots, side.host)
         if stale:
             kind, why = stale
@@ -163,7 +183,17 @@ def check_side(ev: Event, exp: Expectation | None, side: SideResult,
 
     if exp is None:
         return out
+    instant = len(out)
+    out += reference_checks(ev, exp, side)
+    for f in out[instant:]:
+        f.needs = MEMSLOTS if f.cls in MEMSLOT_CHECKS else STATE
+    return out
 
+
+def reference_checks(ev: Event, exp: Expectation, side: SideResult) -> list[Finding]:
+    """What one side did wrong at `ev` against the reference's expectation `exp`."""
+    obs, pre, post = side.obs, side.pre, side.post
+    out: list[Finding] = []
     changed_before = [b for b, _ in obs.changed]
 
     if ev.op == "invalidate_range_start":

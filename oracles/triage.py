@@ -9,7 +9,7 @@ divergences are still reported, marked known.
 from __future__ import annotations
 
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from .compare import CLASSES, Divergence
@@ -111,4 +111,11 @@ def mark_known(divergences: list[Divergence], known: list[KnownEntry]) -> None:
             if k.matches(d):
                 d.known = True
                 d.explanation = f"{k.explanation} (source: {k.source}; {k.where})"
+                break
+            if d.sides_differ and d.wrong_side != "both" and k.matches(replace(d, wrong_side="both")):
+                # only this side got into the state where both versions are known to do this
+                d.known = True
+                d.explanation = (f"{k.explanation} (source: {k.source}; {k.where}; known on both sides, "
+                                 f"shown by {d.wrong_side} alone because the other side's schedule "
+                                 f"reached this event in another order)")
                 break
