@@ -204,9 +204,16 @@ class Kvm:
         if self.host.open_invalidations and self.obs.op == "fault_commit":
             for task, start, end in self.host.open_invalidations:
                 if leaf.backs(start, end, self.page_shift):
+                    fault_hva = getattr(self, "fault_hva", None)
+                    own = fault_hva is None or start <= fault_hva < end
+                    # a huge leaf made by a fault outside the range that reaches into it: what a
+                    # retry check on the faulting address alone lets through
+                    shape = ("fault-installed-inside-open-invalidation" if own
+                             else "fault-installed-huge-leaf-over-open-invalidation")
                     self.obs.violations.append((
-                        "stale-mapping", "fault-installed-inside-open-invalidation",
-                        f"a fault mapped as{leaf.as_id} gfn {leaf.gfn:#x} (hva {leaf.hva:#x}) while {task}'s "
+                        "stale-mapping", shape,
+                        f"a fault {'at hva ' + format(fault_hva, '#x') + ' ' if fault_hva is not None else ''}"
+                        f"mapped as{leaf.as_id} gfn {leaf.gfn:#x}+{leaf.pages} (hva {leaf.hva:#x}) while {task}'s "
                         f"invalidation of [{start:#x}, {end:#x}) was open: the retry check missed it"))
                     break
         if fill_tlb:
@@ -345,7 +352,11 @@ class Kvm:
         elif self.leaf_covering(f.as_id, f.gfn) is not None:
             self.obs.note = "already mapped"
         else:
-            self.map_fault(f)
+            self.fault_hva = f.hva
+            try:
+                self.map_fault(f)
+            finally:
+                self.fault_hva = None
         self.mmu_unlock()
 
     def fault_is_stale(self, f: PendingFault) -> bool:
