@@ -27,6 +27,7 @@ class KvmHvaRange:
     on_lock: Callable[[int, int], None] | None
     flush_on_ret: bool
     may_block: bool
+    lockless: bool = False       # ~v6.15 (mainline): aging walks without mmu_lock
 
 
 @dataclass
@@ -37,6 +38,7 @@ class KvmGfnRange:
     end: int
     pte: HostPte | None
     may_block: bool
+    attr_filter: str | None = None   # v6.14 (dca6c8853232): KVM_FILTER_SHARED on the hva path
 
 
 class KvmMainV5_13(Kvm):

@@ -46,28 +46,47 @@ class KvmMainV5_15(KvmMainV5_13):
         memslot loop of this address space (v5.15's `break`)."""
         return False
 
-    def handle_hva_range(self, r: KvmHvaRange) -> int:
-        # v5.15 virt/kvm/kvm_main.c __kvm_handle_hva_range: lock and on_lock under the first hit
+    def hva_range_entry_ok(self, r: KvmHvaRange) -> bool:
+        """The walker's checks before kvm->srcu: False returns 0 at once."""
+        # v5.15 virt/kvm/kvm_main.c __kvm_handle_hva_range: null on_lock with null handler
         if r.on_lock is None and r.handler is None:
             self.warn("WARN_ON_ONCE: hva range with neither on_lock nor handler")
-            return 0
+            return False
+        return True
+
+    def hva_range_slots(self, as_id: int, r: KvmHvaRange) -> list:
+        """The slots of one address space the walker visits, in its order (the clamp below
+        skips those the range misses)."""
+        # v5.15 virt/kvm/kvm_main.c __kvm_handle_hva_range: kvm_for_each_memslot, array order
+        return self.memslots.in_as(as_id)
+
+    def handle_hva_range(self, r: KvmHvaRange) -> int:
+        return self.handle_hva_range_found(r)[0]
+
+    def handle_hva_range_found(self, r: KvmHvaRange) -> tuple[int, bool]:
+        """(return value, whether a memslot was hit): v6.8 names the pair kvm_mn_ret_t."""
+        # v5.15 virt/kvm/kvm_main.c __kvm_handle_hva_range: lock and on_lock under the first hit
+        if not self.hva_range_entry_ok(r):
+            return 0, False
         ret = False
-        locked = False
+        found = locked = False
         idx = self.srcu_read_lock()
         stop = False
         for as_id in range(self.address_space_num):
-            for slot in self.memslots.in_as(as_id):
+            for slot in self.hva_range_slots(as_id, r):
                 g = self.gfn_range_of(slot, r)
                 if g is None:
                     continue
-                if not locked:
-                    locked = True
-                    self.mmu_lock()
-                    if r.on_lock is not None:
-                        r.on_lock(r.start, r.end)
-                    if r.handler is None:
-                        stop = self.null_handler_hit(r)
-                        break
+                if not found:
+                    found = True
+                    if not r.lockless:
+                        locked = True
+                        self.mmu_lock()
+                        if r.on_lock is not None:
+                            r.on_lock(r.start, r.end)
+                        if r.handler is None:
+                            stop = self.null_handler_hit(r)
+                            break
                 if r.handler is None:
                     # the stub kvm_null_fn called through a gfn-handler pointer (UBSAN splat)
                     self.obs.calls.append(HandlerCall("kvm_null_fn", slot.as_id, slot.id, g.start, g.end))
@@ -81,7 +100,7 @@ class KvmMainV5_15(KvmMainV5_13):
         if locked:
             self.mmu_unlock()
         self.srcu_read_unlock(idx)
-        return int(ret)
+        return int(ret), found
 
     def kvm_mmu_notifier_invalidate_range_start(self, start: int, end: int, blockable: bool) -> int:
         # v5.15 virt/kvm/kvm_main.c kvm_mmu_notifier_invalidate_range_start

@@ -104,6 +104,11 @@ class Memslots:
         self.page_shift = page_shift
         self.max_nr_pages = max_nr_pages
         self._by_as: list[dict[int, Memslot]] = [dict() for _ in range(address_space_num)]
+        # (as_id, slot id) -> when the slot object now published was last inserted into its
+        # address space (create, move, flags-only, the INVALID copy of delete/move): the tie
+        # order of v5.17's hva interval tree (in_hva_range)
+        self._inserted: dict[tuple[int, int], int] = {}
+        self._insertions = 0
 
     def in_as(self, as_id: int) -> list[Memslot]:
         """Slots of one address space in kvm_for_each_memslot order.
@@ -111,6 +116,23 @@ class Memslots:
         v5.12 virt/kvm/kvm_main.c update_memslots keeps the array sorted by base_gfn,
         highest first; v5.13 is the same (the gfn tree arrives in v5.17)."""
         return sorted(self._by_as[as_id].values(), key=lambda s: (-s.base_gfn, s.id))
+
+    def in_hva_range(self, as_id: int, start: int, last: int) -> list[Memslot]:
+        """Slots of one address space whose hvas meet the inclusive range [start, last], in
+        the order v5.17's hva interval tree yields them.
+
+        v5.17 virt/kvm/kvm_main.c kvm_for_each_memslot_in_hva_range (ed922739c919): a node
+        spans [userspace_addr, userspace_addr + npages * PAGE_SIZE - 1]; the walk is in-order,
+        i.e. by hva start, and include/linux/interval_tree_generic.h inserts an equal start to
+        the right, so slots with the same start come oldest insertion first.  A plain scan
+        sorted that way gives the same hits in the same order as the tree."""
+        hits = [s for s in self._by_as[as_id].values()
+                if s.npages and s.hva_start <= last and start <= s.hva_end - 1]
+        return sorted(hits, key=lambda s: (s.hva_start, self._inserted.get(s.key, 0)))
+
+    def _insert(self, slot: Memslot) -> None:
+        self._insertions += 1
+        self._inserted[slot.key] = self._insertions
 
     def all(self) -> list[Memslot]:
         """Every slot, address space 0 first, each in kernel array order."""
@@ -133,6 +155,7 @@ class Memslots:
     def mark_invalid(self, slot: Memslot) -> None:
         """Publish the copy of `slot` flagged KVM_MEMSLOT_INVALID (DELETE/MOVE, first install)."""
         self._by_as[slot.as_id][slot.id] = replace(slot, flags=slot.flags | KVM_MEMSLOT_INVALID)
+        self._insert(slot)
 
     def commit(self, change: MemslotChange) -> None:
         """Publish the final array of a validated update."""
@@ -140,8 +163,10 @@ class Memslots:
             return
         if change.kind == "delete":
             self._by_as[change.old.as_id].pop(change.old.id, None)
+            self._inserted.pop(change.old.key, None)
         else:
             self._by_as[change.new.as_id][change.new.id] = change.new
+            self._insert(change.new)
 
     def prepare(self, as_id: int, slot_id: int, flags: int,
                 guest_phys_addr: int, memory_size: int,

@@ -14,18 +14,43 @@ from pathlib import Path
 from .kvm import Kvm
 
 ARCHES = ["x86-shadow", "x86-tdp", "arm64", "mips", "ppc-hv-hash", "ppc-hv-radix", "ppc-pr", "e500"]
-# in the order the code was written: the series' first posting (with patch 16) came before v5.13-rc1
-VERSIONS = ["v5.12", "series-v1", "v5.13-rc1", "v5.13", "v5.15", "v6.10"]
+# in kernel order; series-v1 (the series' first posting, with patch 16) came before v5.13-rc1
+VERSIONS = ["v5.12", "series-v1", "v5.13-rc1", "v5.13", "v5.15", "v5.17", "v6.8", "v6.10", "v6.19"]
+# other names --old/--new accept: the newest kernel we model is current mainline
+ALIASES = {"mainline": "v6.19"}
 DEFAULT_OLD, DEFAULT_NEW = "v5.12", "v5.13"
 
 # Later generic layers (kvm_main_*.py), each applied on top of an arch's v5.13 gfn handlers:
-# version -> (module, class).  An arch module may list commits after v5.13 that change its own
-# handlers as LATER_OVERRIDES = [(first version that has it, mixin class), ...].
+# version -> (module, class); each layer subclasses the one before (v5.15 < v5.17 < v6.8 <
+# v6.10 < v6.19).  An arch module may list commits after v5.13 that change its own handlers as
+# LATER_OVERRIDES = [(release that merged it, mixin class), ...]; the release need not be one
+# of VERSIONS (arm64's v6.5 fix): a mixin applies to every listed version at or after it.
 GENERIC_LAYERS = {
     "series-v1": ("impls.kvm_main_series_v1", "KvmMainSeriesV1"),
     "v5.15": ("impls.kvm_main_v5_15", "KvmMainV5_15"),
+    "v5.17": ("impls.kvm_main_v5_17", "KvmMainV5_17"),
+    "v6.8": ("impls.kvm_main_v6_8", "KvmMainV6_8"),
     "v6.10": ("impls.kvm_main_v6_10", "KvmMainV6_10"),
+    "v6.19": ("impls.kvm_main_v6_19", "KvmMainV6_19"),
 }
+
+
+def canonical_version(name: str) -> str:
+    """A version name with aliases resolved (`mainline` -> v6.19); anything else unchanged."""
+    return ALIASES.get(name, name)
+
+
+def release_key(version: str) -> tuple[int, int, int, int]:
+    """Sort key of a kernel release name in kernel order: v5.13-rc1 < v5.13 < v6.5; series-v1
+    (posted April 2021) sorts just before v5.13-rc1."""
+    version = canonical_version(version)
+    if version == "series-v1":
+        return (5, 13, 0, 0)
+    body, _, rc = version.removeprefix("v").partition("-rc")
+    major, minor = (int(x) for x in body.split(".")[:2])
+    return (major, minor, 0, int(rc)) if rc else (major, minor, 1, 0)
+
+
 _layered_cache: dict[tuple[str, str], type[Kvm]] = {}
 
 # arch -> the module holding its models.  Each module defines
@@ -54,7 +79,9 @@ def _arch_models(arch: str) -> dict[str, tuple[type[Kvm], str]]:
     if "v5.13" in have:
         for version in GENERIC_LAYERS:
             if version not in have:
-                have[version] = (_layered(arch, version, have["v5.13"][0], module), "")
+                aliases = [a for a, v in ALIASES.items() if v == version]
+                have[version] = (_layered(arch, version, have["v5.13"][0], module),
+                                 f"also named {', '.join(aliases)}" if aliases else "")
     return have
 
 
@@ -64,9 +91,8 @@ def _layered(arch: str, version: str, base: type[Kvm], module) -> type[Kvm]:
     if key not in _layered_cache:
         modname, clsname = GENERIC_LAYERS[version]
         layer = getattr(importlib.import_module(modname), clsname)
-        order = VERSIONS.index(version)
         extra = [m for first, m in getattr(module, "LATER_OVERRIDES", [])
-                 if VERSIONS.index(first) <= order and version != "series-v1"]
+                 if release_key(first) <= release_key(version) and version != "series-v1"]
         name = base.__name__.replace("V5_13", "") + "V" + version.replace("v", "").replace(".", "_").replace("-", "_")
         cls = type(name, (*extra, layer, base), {
             "version": version, "__module__": base.__module__,
@@ -112,6 +138,7 @@ def resolve(arch: str, spec: str) -> type[Kvm]:
     if ":" in spec:
         return load_candidate(spec)
     check_arch(arch)
+    spec = canonical_version(spec)
     have = _arch_models(arch)
     if spec not in have:
         raise ModelLoadError(f"no model of {arch} at {spec!r}; versions: {', '.join(versions_for(arch))}")

@@ -12,6 +12,8 @@ import tomllib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from impls.registry import canonical_version
+
 from .compare import CLASSES, Divergence
 
 KNOWN_DIR = Path(__file__).parent / "known"
@@ -31,7 +33,8 @@ class KnownEntry:
     where: str
 
     def matches(self, d: Divergence) -> bool:
-        values = {"class": d.cls, "op": d.op, "old": d.old, "new": d.new,
+        # `mainline` and v6.19 are one model: an entry names the version, a run may use the alias
+        values = {"class": d.cls, "op": d.op, "old": canonical_version(d.old), "new": canonical_version(d.new),
                   "wrong_side": d.wrong_side, "shape": d.shape}
         if self.arch not in ("all", d.arch):
             return False
