@@ -384,6 +384,44 @@ class Arm64V5_13(Arm64Mmu, KvmMainV5_13):
         return self.stage2_is_young(range.slot.as_id, range.start)
 
 
+class Arm64AgeEveryLeaf_df6556adf27b(Arm64Mmu):
+    """df6556adf27b "KVM: arm64: Correctly handle page aging notifiers for unaligned memslot"
+    (kvmarm fixes, v6.5-rc; Cc stable 5.15+): kvm_age_gfn and kvm_test_age_gfn walk every valid
+    leaf in [start, end) (kvm_pgtable_stage2_test_clear_young), report young if any had the
+    access flag, clear it on each when aging, and no longer WARN on the range's size.  Still no
+    TLBI in the walker: clear_flush_young flushes in common code.  Applied from the first
+    listed version at or after v6.5 (v6.8)."""
+
+    def stage2_test_clear_young(self, as_id: int, start: int, end: int, mkold: bool) -> bool:
+        # v6.5 arch/arm64/kvm/hyp/pgtable.c kvm_pgtable_stage2_test_clear_young / stage2_age_walker
+        young = False
+        for leaf in self.leaves_in(as_id, start, end):
+            if leaf.young:
+                young = True
+                if mkold:
+                    self.age_leaf(leaf)
+        return young
+
+    def kvm_age_gfn(self, range: KvmGfnRange) -> bool:
+        # v6.5 arch/arm64/kvm/mmu.c kvm_age_gfn (df6556adf27b): every leaf, no size WARN
+        if not self.pgt:
+            return False
+        young = self.stage2_test_clear_young(range.slot.as_id, range.start, range.end, True)
+        self.record_call("kvm_age_gfn", range.slot, range.start, range.end, "test_clear_young, mkold")
+        return young
+
+    def kvm_test_age_gfn(self, range: KvmGfnRange) -> bool:
+        # v6.5 arch/arm64/kvm/mmu.c kvm_test_age_gfn (df6556adf27b): every leaf in the range
+        if not self.pgt:
+            return False
+        self.record_call("kvm_test_age_gfn", range.slot, range.start, range.end, "test_clear_young")
+        return self.stage2_test_clear_young(range.slot.as_id, range.start, range.end, False)
+
+
+# arm64's own commits after v5.13, each from the release that merged it (impls/registry.py)
+LATER_OVERRIDES = [("v6.5", Arm64AgeEveryLeaf_df6556adf27b)]
+
+
 MODELS = {"arm64": {
     "v5.12": (Arm64V5_12, ""),
     "v5.13-rc1": (Arm64V5_13, "v5.13-rc1 returned literal 0 where v5.13 returns false "
