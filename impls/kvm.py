@@ -35,6 +35,10 @@ class PendingFault:
     pte: HostPte | None
 
 
+class WouldSleep(Exception):
+    """An atomic (one-task) run reached a wait that only another task could end."""
+
+
 @dataclass
 class State:
     """Normalized copy of what the oracles need from a model at one instant."""
@@ -145,11 +149,13 @@ class Kvm:
             sem.up_write(self.sched)
 
     def wait_until(self, ready, what: str, holders) -> None:
-        """rcuwait_wait_event / schedule() until `ready()` (task mode; atomic mode cannot wait)."""
+        """rcuwait_wait_event / schedule() until `ready()`.  Only task mode can wait: with every
+        event atomic nobody else could make `ready()` true, so the event ends here (WouldSleep)."""
         if self.sched is not None:
             self.sched.wait_until(ready, what, holders)
         elif not ready():
             self.warn(f"would sleep forever: {what}")
+            raise WouldSleep(f"would sleep forever: {what} (only task mode runs other tasks)")
 
     # ----- kvm->srcu (task mode only; an atomic event needs no grace period) -------------
     def srcu_read_lock(self) -> int:
