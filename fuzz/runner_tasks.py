@@ -290,10 +290,13 @@ def run_side(cls_make, events: list[Event], arch: str, apply_event) -> SideRun:
     out.segments = segments
     if sched.deadlock is not None:
         d = sched.deadlock
-        locks = sorted({w.split(" (")[0] for _, w, _ in d.waits})
+        # the shape names the locks of the wait-for cycle (other tasks may wait behind it)
+        in_cycle = [w for t, w, _ in d.waits if t in d.cycle] or [w for _, w, _ in d.waits]
+        locks = sorted({w.split(" (")[0] for w in in_cycle})
         # reported at the event whose wait closed the cycle (the newest of the waiting events)
-        blocked = max((current_event[t] for t, _, _ in d.waits if current_event.get(t) is not None),
-                      default=len(events) - 1)
+        cycle_tasks = set(d.cycle) or {t for t, _, _ in d.waits}
+        blocked = max((current_event[t] for t, _, _ in d.waits
+                       if t in cycle_tasks and current_event.get(t) is not None), default=len(events) - 1)
         out.trace_findings.append((blocked, Finding("deadlock", "wait-for-cycle:" + "+".join(locks), d.describe())))
     elif sched.hit_step_limit:
         out.trace_findings.append((len(events) - 1, Finding("deadlock", "no-progress",
