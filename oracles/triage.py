@@ -3,8 +3,9 @@
 The known list is data: oracles/known/<arch>.toml, plus oracles/known/all.toml for entries
 that hold on every architecture.  Each entry names the fields it matches (class, op, old,
 new, wrong_side, shape; a field left out matches anything, a list matches any of its
-values) and says why the divergence is real kernel behaviour, with its source.  Known
-divergences are still reported, marked known.
+values; `versions` matches when every side blamed runs one of the listed versions, whether it
+is the pair's old or new side) and says why the divergence is real kernel behaviour, with its
+source.  Known divergences are still reported, marked known.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from impls.registry import canonical_version
 from .compare import CLASSES, Divergence
 
 KNOWN_DIR = Path(__file__).parent / "known"
-MATCH_FIELDS = ("class", "op", "old", "new", "wrong_side", "shape")
+MATCH_FIELDS = ("class", "op", "old", "new", "wrong_side", "shape", "versions")
 
 
 class KnownListError(Exception):
@@ -38,7 +39,18 @@ class KnownEntry:
                   "wrong_side": d.wrong_side, "shape": d.shape}
         if self.arch not in ("all", d.arch):
             return False
-        return all(values[k] in v for k, v in self.match)
+        for k, v in self.match:
+            if k == "versions":
+                # the behaviour of these versions, whichever side of the pair runs them: every
+                # side blamed runs one of them (a candidate blamed beside one inherits it)
+                blamed = {"old": [values["old"]], "new": [values["new"]],
+                          "both": [values["old"], values["new"]]}[d.wrong_side]
+                ours = [name for name in blamed if not is_candidate(name)]
+                if not ours or not all(name in v for name in ours):
+                    return False
+            elif values[k] not in v:
+                return False
+        return True
 
 
 def load_known(directory: Path = KNOWN_DIR) -> list[KnownEntry]:

@@ -1,0 +1,191 @@
+"""What task mode may conclude from a schedule: steps the host's rules forbid where a schedule
+moves them, checks an interleaved event still supports, blame when the sides ran in different
+orders, and the run order `show` prints.  Hand-worked traces; each case was first met as a false
+NEW finding of a task-mode run."""
+from __future__ import annotations
+
+import io
+
+import pytest
+
+from fuzz import report
+from fuzz.runner import Side, run_trace
+from fuzz.runner_tasks import EventRun, lost_race, trusted_level
+from fuzz.trace import (ChangePte, FaultBegin, FaultCommit, HostMap, InvalidateRangeEnd, InvalidateRangeStart,
+                        Release, Schedule, SetMemoryRegion)
+from impls import registry
+from impls.kvm import WouldSleep
+from impls.machine import HostPageTable
+from oracles.compare import INSTANT, MEMSLOTS, STATE, Divergence
+from oracles.triage import load_known, loads_known, mark_known
+
+P = 4096
+M2 = 0x200000
+H = 0x7f0000000000
+KNOWN = load_known()
+
+
+def side(arch: str, version: str) -> Side:
+    return Side(version, registry.resolve(arch, version))
+
+
+def shapes(res) -> dict[str, Divergence]:
+    return {f"{d.cls}|{d.op}|{d.wrong_side}|{d.shape}": d for d in res.divergences}
+
+
+# ----- steps the host forbids where a schedule puts them -------------------------------------
+def test_lost_race_rules_of_the_host_page_table():
+    host = HostPageTable()
+    populate = HostMap(H, P, 0x1000)
+    assert lost_race(host, populate) is None                        # absent: a host fault maps it
+    host.map(H, P, 0x1000, P, True)
+    assert "already present" in lost_race(host, HostMap(H, P, 0x2000))
+    host.open_invalidations.append(("mm1", H, H + P))
+    assert lost_race(host, HostMap(H, P, 0x2000)) is None           # inside an invalidation of it
+    assert lost_race(host, ChangePte(H, 0x3000, False)) is None     # a present pte to replace
+    assert "not present" in lost_race(host, ChangePte(H + P, 0x3000, False))
+
+
+def test_a_populate_that_a_schedule_moves_after_another_threads_mapping_does_nothing():
+    # trace order: mm0 populates H with pfn 0x1000; then mm1 replaces it under an invalidation.
+    # The schedule runs mm1 first: mm0's host fault then finds the pte present and backs out.
+    trace = [Schedule(preempt=tuple((k, "mm1") for k in range(64))),    # mm1 whenever it can run
+             HostMap(H, P, 0x1000, task="mm0"),
+             InvalidateRangeStart(H, H + P, task="mm1"),
+             HostMap(H, P, 0x2000, task="mm1"),
+             InvalidateRangeEnd(H, H + P, task="mm1")]
+    res = run_trace(trace, "x86-shadow", side("x86-shadow", "v5.12"), side("x86-shadow", "v5.13"),
+                    KNOWN, keep_observations=True)
+    old_obs, new_obs = res.observations[1]
+    assert old_obs.note.startswith("not run: host page 0x7f0000000000 is already present")
+    assert new_obs.note == old_obs.note
+    order = [seg.task for seg in res.schedules["old"]]
+    assert order[:2] == ["mm1", "mm0"]
+
+
+def test_release_waits_for_every_other_task_to_exit():
+    # exit_mmap runs once mm_users is zero: a schedule that starts mm0's release first still
+    # sees mm1's invalidation of the slot go through first
+    trace = [Schedule(preempt=((0, "mm0"),)),
+             HostMap(H, 4 * P, 0x1000, task="mm1"),
+             SetMemoryRegion(0, 0, 0, 0x100000, 4 * P, H, task="ioctl"),
+             InvalidateRangeStart(H, H + P, task="mm1"),
+             InvalidateRangeEnd(H, H + P, task="mm1"),
+             Release(task="mm0")]
+    res = run_trace(trace, "arm64", side("arm64", "v5.12"), side("arm64", "v5.13"), KNOWN,
+                    keep_observations=True)
+    first = res.schedules["old"][0]
+    assert first.task == "mm0" and first.stop.startswith("waits for mm_users to drop to zero")
+    assert not [d for d in res.divergences if not d.known]
+    old_start, _ = res.observations[3]
+    assert [c.hook for c in old_start.calls] == ["kvm_unmap_hva_handler"]   # the slot was there
+
+
+# ----- which checks an interleaved event keeps ------------------------------------------------
+def test_trusted_level_is_one_level_for_both_sides():
+    alone, mixed, moved = EventRun(0), EventRun(0, interleaved=True), EventRun(0, interleaved=True, slots_same=False)
+    assert trusted_level(alone, alone) == STATE
+    assert trusted_level(alone, mixed) == MEMSLOTS           # one side interleaved: both lose STATE
+    assert trusted_level(mixed, moved) == INSTANT            # and the memslots changed meanwhile
+    assert INSTANT < MEMSLOTS < STATE
+
+
+# ----- blame when the sides ran in different orders ----------------------------------------------
+KNOWN_BOTH = loads_known('''
+[[known]]
+class = "gfn-set-mismatch"
+wrong_side = "both"
+shape = "only-first-gfn"
+explanation = "both versions age one IPA per slot"
+source = "test"
+''', "arm64.toml")
+
+
+def divergence(side: str, differ: bool) -> Divergence:
+    return Divergence("gfn-set-mismatch", side, "clear_young", "only-first-gfn", 3, "",
+                      arch="arm64", old="v5.12", new="v5.13", sides_differ=differ)
+
+
+def test_a_one_sided_finding_known_on_both_sides_is_known_only_when_the_schedules_differed():
+    same, differed = divergence("old", False), divergence("old", True)
+    mark_known([same, differed], KNOWN_BOTH)
+    assert not same.known                   # same order on both sides: new really stopped doing it
+    assert differed.known and "other side's schedule" in differed.explanation
+
+
+def test_known_versions_field_matches_the_blamed_side_whichever_it_is():
+    entries = loads_known('''
+[[known]]
+class = "warning"
+versions = ["v5.13-rc1", "v5.13"]
+explanation = "v5.13 WARNs on a bare change_pte"
+source = "test"
+''', "all.toml")
+    as_new = Divergence("warning", "new", "change_pte", "W", 1, "", arch="mips", old="v5.12", new="v5.13")
+    as_old = Divergence("warning", "old", "change_pte", "W", 1, "", arch="mips", old="v5.13", new="v5.15")
+    other = Divergence("warning", "new", "change_pte", "W", 1, "", arch="mips", old="v5.13", new="v5.15")
+    both = Divergence("warning", "both", "change_pte", "W", 1, "", arch="mips", old="v5.13", new="v5.15")
+    mark_known([as_new, as_old, other, both], entries)
+    assert (as_new.known, as_old.known, other.known, both.known) == (True, True, False, False)
+
+
+# ----- x86: a huge leaf over an open invalidation ------------------------------------------------
+HUGE_OVER_OPEN = [
+    HostMap(H, M2, 0x10000, page_size=M2, writable=False, task="mm0"),
+    SetMemoryRegion(0, 1, 0, 0x1200000, M2 + P, H, task="ioctl"),
+    InvalidateRangeStart(H + 0x15d000, H + 0x15e000, task="mm0"),
+    FaultBegin(5, 0, 0x1200, task="vcpu1"),
+    FaultCommit(5, task="vcpu1"),
+    InvalidateRangeEnd(H + 0x15d000, H + 0x15e000, task="mm0"),
+]
+
+
+@pytest.mark.parametrize("arch", ["x86-shadow", "x86-tdp"])
+def test_x86_maps_a_huge_leaf_over_an_open_invalidation_of_another_page(arch):
+    # mmu_notifier_retry_hva looks at the faulting hva (H) only; the 2M leaf it maps covers
+    # H+0x15d000, which mm0 is invalidating: known x86 behaviour, harmless (the mm splits first)
+    res = run_trace(HUGE_OVER_OPEN, arch, side(arch, "v5.12"), side(arch, "v5.13"), KNOWN,
+                    keep_observations=True)
+    d = shapes(res)["stale-mapping|fault_commit|both|fault-installed-huge-leaf-over-open-invalidation"]
+    assert d.known and "mmu_notifier_retry_hva" in d.explanation
+    installed = res.observations[4][0].installed
+    assert [(x.gfn, x.pages) for x in installed] == [(0x1200, 512)]
+
+
+def test_arm64_retries_the_same_fault_on_the_count():
+    res = run_trace(HUGE_OVER_OPEN, "arm64", side("arm64", "v5.12"), side("arm64", "v5.13"), KNOWN,
+                    keep_observations=True)
+    assert all(o.note == "retry" for o in res.observations[4])
+    assert not [d for d in res.divergences if d.cls == "stale-mapping"]
+
+
+# ----- the run order in show -----------------------------------------------------------------------
+def test_show_prints_a_task_column_and_each_sides_run_order():
+    res = run_trace(HUGE_OVER_OPEN, "x86-shadow", side("x86-shadow", "v5.12"), side("x86-shadow", "v5.13"),
+                    KNOWN, keep_observations=True)
+    out = io.StringIO()
+    report.print_timeline(HUGE_OVER_OPEN, res, "x86-shadow", "v5.12", "v5.13", out, reach=False)
+    text = out.getvalue()
+    assert ">>  4 vcpu1  fault_commit fault=5" in text          # the first divergent event
+    lines = text[text.index("run order (both):"):].splitlines()[1:]
+    assert [ln.split()[1:3] for ln in lines[:4]] == [["mm0", "0"], ["ioctl", "1"], ["mm0", "2"], ["vcpu1", "3,4"]]
+
+
+# ----- atomic mode cannot wait ----------------------------------------------------------------------
+def test_a_v5_15_memslot_delete_inside_an_open_invalidation_cannot_run_atomically():
+    m = registry.model("x86-shadow", "v5.15")()
+    m.host_map(H, 4 * P, 0x1000, P, True)
+    m.set_user_memory_region(0, 0, 0, 0x100000, 4 * P, H)
+    m.begin("invalidate_range_start")
+    m.kvm_mmu_notifier_invalidate_range_start(H, H + P, True)
+    m.begin("set_memory_region")
+    with pytest.raises(WouldSleep, match="mn_memslots_update_rcuwait"):
+        m.set_user_memory_region(0, 0, 0, 0x100000, 0, H)
+    assert m.obs.warnings == ["would sleep forever: mn_memslots_update_rcuwait (mn_active_invalidate_count == 0)"]
+
+
+def test_x86_sync_page_holds_mmu_lock_even_with_nothing_to_drop():
+    m = registry.model("x86-shadow", "v5.13")()
+    m.begin("sync_page")
+    m.sync_page(0, 0x100)
+    assert m.obs.lock_taken and m.obs.note == "no 4K SPTE to drop" and not m.mmu_lock_held
