@@ -212,8 +212,37 @@ class X86ShadowSyncPageFlushes_6bc6db000295(X86ShadowMmu):
         self.kvm_flush_remote_tlbs("kvm_sync_page")
 
 
-# commits after v5.13 that change what this arch's handlers do, from the version that has them
-LATER_OVERRIDES = [("v5.15", X86ShadowSyncPageFlushes_6bc6db000295)]
+class X86AgingConfig_v6_19(X86ShadowMmu):
+    """x86's Kconfig selects KVM_ELIDE_TLB_FLUSH_IF_YOUNG (clear_flush_young does not flush: the
+    Accessed bit is only a hint, and a stale TLB entry just delays the next access being seen)
+    and KVM_MMU_LOCKLESS_AGING (the common walker takes no mmu_lock for aging).  kvm_age_gfn and
+    kvm_test_age_gfn then take mmu_lock for write themselves around the shadow-MMU rmap pass,
+    which runs whenever the TDP MMU is off, as in this legacy-MMU model.  Read in v6.19 (the
+    ELIDE patch was posted in Sean Christopherson's 2024 aging series, the lockless one applied
+    to kvm-x86 in February 2025; which releases merged each we did not establish), so applied
+    from v6.19, the first listed version that has both."""
+    kvm_elide_tlb_flush_if_young = True
+    kvm_mmu_lockless_aging = True
+
+    def kvm_age_gfn(self, range: KvmGfnRange) -> bool:
+        # v6.19 arch/x86/kvm/mmu/mmu.c kvm_age_gfn: rmap pass under write_lock(mmu_lock)
+        self.mmu_lock()
+        try:
+            return super().kvm_age_gfn(range)
+        finally:
+            self.mmu_unlock()
+
+    def kvm_test_age_gfn(self, range: KvmGfnRange) -> bool:
+        # v6.19 arch/x86/kvm/mmu/mmu.c kvm_test_age_gfn: rmap pass under write_lock(mmu_lock)
+        self.mmu_lock()
+        try:
+            return super().kvm_test_age_gfn(range)
+        finally:
+            self.mmu_unlock()
+
+
+# commits after v5.13 that change what this arch's handlers do, from the release that has them
+LATER_OVERRIDES = [("v5.15", X86ShadowSyncPageFlushes_6bc6db000295), ("v6.19", X86AgingConfig_v6_19)]
 
 MODELS = {"x86-shadow": {
     "v5.12": (X86ShadowV5_12, ""),

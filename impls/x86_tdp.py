@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from .kvm import PendingFault
 from .kvm_main_v5_13 import KvmGfnRange
 from .machine import KVM_MEM_READONLY, LEVEL_1G, LEVEL_4K, HostPte, Leaf, pages_per_level
-from .x86_shadow import LATER_OVERRIDES, X86ShadowMmu, X86ShadowV5_12, X86ShadowV5_13  # noqa: F401 (LATER_OVERRIDES: same for TDP)
+from .x86_shadow import X86ShadowMmu, X86ShadowSyncPageFlushes_6bc6db000295, X86ShadowV5_12, X86ShadowV5_13
 
 ROOT_LEVEL = 4                    # PT64_ROOT_4LEVEL: a 4-level EPT/NPT root
 MAX_GFN = 1 << (52 - 12)          # 1 << (shadow_phys_bits - PAGE_SHIFT) on a 52-bit host: whole root
@@ -495,6 +495,27 @@ class X86TdpV5_13(X86TdpMmu, X86ShadowV5_13):
         if flush:
             self.kvm_flush_remote_tlbs("kvm_tdp_mmu_zap_invalidated_roots")
 
+
+class X86TdpAgingLockless_v6_19(X86TdpMmu):
+    """x86's Kconfig selects KVM_ELIDE_TLB_FLUSH_IF_YOUNG and KVM_MMU_LOCKLESS_AGING (see
+    x86_shadow.py X86AgingConfig_v6_19).  With the TDP MMU on, kvm_age_gfn / kvm_test_age_gfn
+    walk the TDP roots without mmu_lock and take it for the rmap pass only when shadow-MMU SPTEs
+    exist (kvm_has_shadow_mmu_sptes: indirect_shadow_pages, i.e. nested guests), which this
+    model never has, so that pass is skipped.  Applied from v6.19, where we read it."""
+    kvm_elide_tlb_flush_if_young = True
+    kvm_mmu_lockless_aging = True
+
+    def kvm_age_gfn(self, range: KvmGfnRange) -> bool:
+        # v6.19 arch/x86/kvm/mmu/mmu.c kvm_age_gfn: lockless TDP pass; no shadow-MMU SPTEs
+        return self.kvm_tdp_mmu_handle_gfn(range, self.age_gfn_range, "age_gfn_range")
+
+    def kvm_test_age_gfn(self, range: KvmGfnRange) -> bool:
+        # v6.19 arch/x86/kvm/mmu/mmu.c kvm_test_age_gfn: lockless TDP pass; no shadow-MMU SPTEs
+        return self.kvm_tdp_mmu_handle_gfn(range, self.test_age_gfn, "test_age_gfn")
+
+
+# commits after v5.13 that change what this arch's handlers do, from the release that has them
+LATER_OVERRIDES = [("v5.15", X86ShadowSyncPageFlushes_6bc6db000295), ("v6.19", X86TdpAgingLockless_v6_19)]
 
 MODELS = {"x86-tdp": {
     "v5.12": (X86TdpV5_12, ""),

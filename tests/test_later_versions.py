@@ -279,3 +279,19 @@ def test_cli_list_shows_the_versions_in_order_and_accepts_mainline(tmp_path, cap
                "--report", str(tmp_path / "r.json")])
     assert rc in (0, 1)
     assert "v5.12..mainline" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("arch,locked", [("x86-shadow", True), ("x86-tdp", False)])
+def test_x86_mainline_ages_without_the_walkers_lock_and_elides_the_flush(arch, locked):
+    from fuzz.trace import ClearFlushYoung
+    for version in ("v6.10", "v6.19"):
+        m = make(arch, version)
+        run(m, HostMap(H, 4 * P, 0x1000), SetMemoryRegion(0, 0, 0, 0x100 * P, 4 * P, H),
+            FaultBegin(1, 0, 0x100), FaultCommit(1))
+        obs = apply_event(m, ClearFlushYoung(H, H + 4 * P))
+        assert obs.young == 1 and len(obs.aged) == 1
+        if version == "v6.10":
+            assert obs.lock_taken and obs.flushes
+        else:
+            # the legacy MMU's rmap pass takes mmu_lock itself; the TDP MMU ages locklessly
+            assert obs.lock_taken == locked and obs.flushes == []
