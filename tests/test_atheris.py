@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from fuzz import corpus
 from fuzz.atheris_engine import (TARGET, BytesSource, TargetConfig, TargetConfigError, decode,
-                                 encode, json_trace, run_atheris, target_env)
+                                 encode, json_trace, run_atheris, run_atheris_stats, target_env)
 from fuzz.ci_modes import CiError, ci_mode
 from fuzz.generate import GenConfig, RandomSource, generate
 from fuzz.mutator import MUTATIONS, mutate, mutate_events, slots_of
@@ -167,8 +167,10 @@ def test_atheris_run_finds_off_by_one_and_saves_it(tmp_path, monkeypatch):
     cand = tmp_path / "cand.py"
     cand.write_text(OFF_BY_ONE)
     monkeypatch.chdir(tmp_path)
-    paths = run_atheris("x86-shadow", "v5.13", f"{cand}:OffByOne", 10, tmp_path / "out",
-                        tmp_path / "fuzz-corpus", 1, ["-seed=1"])
+    # bounded by executions, not seconds, so a loaded machine finds the same (the time is a
+    # safety limit only): libFuzzer stops at the first divergence it raises
+    paths = run_atheris_stats("x86-shadow", "v5.13", f"{cand}:OffByOne", 300, tmp_path / "out",
+                              tmp_path / "fuzz-corpus", 1, ["-seed=1"], runs=5000).paths
     assert paths, "no divergence found"
     for p in paths:
         assert p.is_file() and p.parent == tmp_path / "out" / "x86-shadow"
