@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from fuzz import corpus
 from fuzz.atheris_engine import (TARGET, BytesSource, TargetConfig, TargetConfigError, decode,
-                                 encode, json_trace, run_atheris, run_atheris_stats, target_env)
+                                 encode, json_trace, run_atheris_stats, target_env)
 from fuzz.ci_modes import CiError, ci_mode
 from fuzz.generate import GenConfig, RandomSource, generate
 from fuzz.mutator import MUTATIONS, mutate, mutate_events, slots_of
