@@ -11,8 +11,7 @@ Makefile says 6.19-rc5 (so the version is named v6.19; `mainline` is an alias of
   found_memslot, and any flush runs unlocked.  clear_flush_young flushes only without
   CONFIG_KVM_ELIDE_TLB_FLUSH_IF_YOUNG.  Both options are arch choices (x86 selects both); the
   generic layer defaults them off, as for arm64, MIPS and PowerPC.
-* range_end's decrement of mn_active_invalidate_count is skipped, with a WARN_ON_ONCE, when
-  the count is already zero (which commit added that guard we did not establish).
+* range_end's guarded decrement of mn_active_invalidate_count is inherited from v6.10's layer.
 * range_start calls kvm_arch_guest_memory_reclaimed iff the walk found a memslot, as since v6.8.
 
 Not modelled: pfn-cache invalidation (no pfn caches in these traces), guest_memfd.
@@ -61,14 +60,3 @@ class KvmMainV6_19(KvmMainV6_10):
     def kvm_mmu_notifier_test_young(self, address: int) -> int:
         # v6.19 virt/kvm/kvm_main.c kvm_mmu_notifier_test_young: [address, address + 1)
         return self.kvm_age_hva_range(address, address + 1, "kvm_test_age_gfn", False)
-
-    def kvm_mmu_notifier_invalidate_range_end(self, start: int, end: int, blockable: bool) -> None:
-        # v6.19 virt/kvm/kvm_main.c kvm_mmu_notifier_invalidate_range_end: guarded decrement
-        self.handle_hva_range(KvmHvaRange(start, end, None, None, self.kvm_mmu_invalidate_end,
-                                          False, blockable))
-        self.spin_lock(self.mn_invalidate_lock)
-        if not self.mn_active_invalidate_count:
-            self.warn("WARN_ON_ONCE(!kvm->mn_active_invalidate_count) in range_end")
-        else:
-            self.mn_active_invalidate_count -= 1
-        self.spin_unlock(self.mn_invalidate_lock)
