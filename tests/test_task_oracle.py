@@ -189,3 +189,22 @@ def test_x86_sync_page_holds_mmu_lock_even_with_nothing_to_drop():
     m.begin("sync_page")
     m.sync_page(0, 0x100)
     assert m.obs.lock_taken and m.obs.note == "no 4K SPTE to drop" and not m.mmu_lock_held
+
+
+def test_a_bare_change_pte_that_a_schedule_moves_into_a_fault_is_named_as_such():
+    # trace order: change_pte (bare: no invalidation) before the fault.  Scheduling point 5 is
+    # where mm1 would start it; the preempt runs vcpu0's fault_begin there instead, so the
+    # change_pte lands inside the fault.  v5.13 no longer bumps the sequence count in change_pte
+    # and installs the old pfn: the known shape, tagged from the order this side ran.
+    trace = [Schedule(preempt=((5, "vcpu0"),)),
+             HostMap(H, 4 * P, 0x1000, task="mm0"),
+             SetMemoryRegion(0, 0, 0, 0x100000, 4 * P, H, task="ioctl"),
+             ChangePte(H, 0x9000, False, task="mm1"),
+             FaultBegin(1, 0, 0x100, task="vcpu0"),
+             FaultCommit(1, task="vcpu0")]
+    res = run_trace(trace, "x86-shadow", side("x86-shadow", "v5.12"), side("x86-shadow", "v5.13"), KNOWN,
+                    keep_observations=True)
+    assert [seg.describe() for seg in res.schedules["new"]][:5] == ["mm0 1", "ioctl 2", "vcpu0 4", "mm1 3", "vcpu0 5"]
+    d = shapes(res)["stale-mapping|fault_commit|new|fault-installed-stale-pfn-after-bare-change_pte"]
+    assert d.known
+    assert res.observations[5][0].note == "retry"            # v5.12 bumped the sequence count
