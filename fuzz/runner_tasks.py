@@ -119,7 +119,7 @@ def lost_race(host: HostPageTable, ev: Event) -> str | None:
         first, count = ev.hva >> host.page_shift, ev.size >> host.page_shift
         for page in range(first, first + count):
             hva = page << host.page_shift
-            if host.ptes.get(page) is not None and not any(
+            if host.lookup(hva) is not None and not any(
                     s <= hva and hva + (1 << host.page_shift) <= e for _, s, e in host.open_invalidations):
                 return f"host page {hva:#x} is already present and no invalidation of it is open: " \
                        "another thread populated it first"
