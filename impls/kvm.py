@@ -211,7 +211,9 @@ class Kvm:
             for task, start, end in self.host.open_invalidations:
                 if leaf.backs(start, end, self.page_shift):
                     fault_hva = getattr(self, "fault_hva", None)
-                    own = fault_hva is None or start <= fault_hva < end
+                    page = 1 << self.page_shift
+                    own = (fault_hva is None or leaf.pages == 1
+                           or (start < (fault_hva & -page) + page and fault_hva & -page < end))
                     # a huge leaf made by a fault outside the range that reaches into it: what a
                     # retry check on the faulting address alone lets through
                     shape = ("fault-installed-inside-open-invalidation" if own
