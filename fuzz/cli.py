@@ -5,6 +5,7 @@
     memslot-fuzz replay PATH... [--update]
     memslot-fuzz ci --mode code-change|batch|prune --seconds N --jobs K
     memslot-fuzz show TRACE.json [--arch NAME --old V --new V] [--html OUT.html]
+    memslot-fuzz explore TRACE.json [--arch NAME --old V --new V] --preemptions K [--max-schedules N]
 
 Exit codes: 0 nothing outside the known list (or replay matched), 1 a new divergence (or a
 replay mismatch), 2 usage or input error (one line on stderr, no traceback).
@@ -26,12 +27,13 @@ from oracles.triage import KnownListError, is_candidate, load_known
 
 from . import argtypes, contain, corpus, lifetime, output, report
 from .publish import publish_new
-from .engine import Job, JobResult, console_progress, run_job, save_divergence
+from .engine import Job, JobResult, console_progress, found, run_job, save_divergence
+from .explore import ExploreError, explore, program_tasks, strip_schedule
 from .hypothesis_engine import run_hypothesis
 from .generate import GenConfig
 from .parallel import run_parallel
 from .runner import CandidateError, Side, run_trace
-from .trace import TraceError
+from .trace import TraceError, event_to_json
 from .wellformed import check_well_formed
 from .trace import load as load_trace
 
@@ -41,6 +43,9 @@ class UsageError(Exception):
 
 
 MAX_JOBS = 64
+DEFAULT_PREEMPTIONS = 2
+DEFAULT_RUN_SCHEDULES = 200          # per generated program (run --schedules exhaustive)
+DEFAULT_EXPLORE_SCHEDULES = 10_000   # explore
 
 
 def _side(arch: str, spec: str, timeout: float = contain.DEFAULT_TRACE_TIMEOUT) -> Side:
@@ -81,11 +86,13 @@ def cmd_run(args) -> int:
             load_failures[arch] = probe.failure
         gen = GenConfig(address_space_num=probe.address_space_num, max_events=args.max_events,
                         aligned_only=args.aligned_only, x86_shadow_paging=arch.startswith("x86"),
-                        tasks=args.tasks or probe.needs_tasks)
+                        tasks=args.tasks or probe.needs_tasks or args.schedules == "exhaustive")
         jobs.append(Job(arch, old, new, per_arch, seed + i, Path(args.out), gen,
                         minimize_seconds=args.minimize_seconds, stop_on_new=args.stop_on_new,
                         max_traces=args.max_traces,
-                        minimize_attempts=args.minimize_attempts if args.max_traces else None))
+                        minimize_attempts=args.minimize_attempts if args.max_traces else None,
+                        schedules=args.schedules, preemptions=args.preemptions,
+                        max_schedules=args.max_schedules))
     print(f"memslot-fuzz: {', '.join(arches)}: {args.old} vs {args.new}, {args.max_time:g}s, "
           f"seed {seed}, saving to {args.out}/", file=sys.stderr)
     results = []
@@ -126,6 +133,11 @@ def cmd_run(args) -> int:
             print("memslot-fuzz: interrupted; what was found is saved", file=sys.stderr)
             break
         results.append(res)
+        if args.schedules == "exhaustive":
+            print(f"exhaustive schedules {job.arch}: {res.explored} programs of several tasks, "
+                  f"{res.schedules} schedules, {res.explored_complete} explored completely up to "
+                  f"{args.preemptions} preemption(s), {res.explored - res.explored_complete} cut at "
+                  f"--max-schedules {args.max_schedules} or by --max-time", file=sys.stderr)
         res.interrupted |= lifetime.stop_signal() is not None
         if res.interrupted:
             print("memslot-fuzz: interrupted; what was found is saved", file=sys.stderr)
@@ -184,6 +196,21 @@ def load_failure_result(job: Job, d: Divergence, known, quiet: bool) -> JobResul
 
 def check_run_options(args) -> None:
     """Before the run: options that cannot be honoured together, and one report per run."""
+    if args.schedules == "exhaustive":
+        if args.engine != "random":
+            raise UsageError(f"--schedules exhaustive: only with --engine random (not {args.engine})")
+        if is_candidate(args.old) or is_candidate(args.new):
+            raise UsageError("--schedules exhaustive cannot run a candidate (the explorer records each "
+                             "side's scheduling points in this process, and a candidate runs only in its "
+                             "worker); use --schedules pct")
+    else:
+        for opt, value in (("--preemptions", args.preemptions), ("--max-schedules", args.max_schedules)):
+            if value is not None:
+                raise UsageError(f"{opt}: only with --schedules exhaustive")
+    if args.preemptions is None:
+        args.preemptions = DEFAULT_PREEMPTIONS
+    if args.max_schedules is None:
+        args.max_schedules = DEFAULT_RUN_SCHEDULES
     if args.max_traces is not None and args.engine != "random":
         raise UsageError(f"--max-traces: only with --engine random (not {args.engine}): "
                          "the other engines' budgets are time or coverage based")
@@ -362,6 +389,61 @@ def cmd_show(args) -> int:
     return 1 if any(not d.known for d in res.divergences) else 0
 
 
+def cmd_explore(args) -> int:
+    """Every schedule of a saved trace's program up to --preemptions (its own schedule directive
+    is replaced): how many ran, whether the bound was covered, each distinct divergence with the
+    directive that shows it; a new one is minimized and saved as `run` saves it."""
+    path = Path(args.trace)
+    try:
+        entry = corpus.load(path)
+        events, arch, old, new = entry.events, entry.arch, entry.old, entry.new
+    except TraceError:
+        events = load_trace(path)       # a plain trace: raises its own one-line error
+        arch, old, new = "x86-shadow", registry.DEFAULT_OLD, registry.DEFAULT_NEW
+    arch, old, new = args.arch or arch, args.old or old, args.new or new
+    for spec in (old, new):
+        if is_candidate(spec):
+            raise UsageError(f"explore cannot run a candidate ({spec}): the explorer records each side's "
+                             "scheduling points in this process, and a candidate runs only in its worker; "
+                             "use run --tasks or show with a schedule directive")
+    check_well_formed(events, str(path))
+    tasks = program_tasks(events)
+    if len(tasks) < 2:
+        print(f"explore {path}: one task ({', '.join(tasks) or 'no events'}): nothing to explore")
+        return 0
+    sides = _side(arch, old), _side(arch, new)
+    known = load_known()
+    tick = {"at": time.monotonic(), "runs": 0}
+
+    def progress(ex) -> None:          # a line every 2 s on stderr
+        tick["runs"] += 1
+        if time.monotonic() - tick["at"] >= 2.0:
+            tick["at"] = time.monotonic()
+            print(f"  explore: {tick['runs']} schedules, now at {len(ex.key)} departure(s) from the "
+                  "default schedule", file=sys.stderr, flush=True)
+    ex = explore(events, arch, *sides, known, args.preemptions, args.max_schedules, args.seed,
+                 on_schedule=progress)
+    print(f"explore {path}: {arch} {old}..{new}, {len(tasks)} tasks ({', '.join(tasks)}), up to "
+          f"{args.preemptions} preemption{'s' if args.preemptions != 1 else ''}: {len(ex.schedules)} "
+          f"schedules, {ex.status} ({ex.seconds:.1f} s)")
+    job = Job(arch, sides[0], sides[1], 0.0, args.seed or 0, Path(args.out),
+              minimize_attempts=args.minimize_attempts, engine="explore")
+    res = JobResult(job)
+    program = strip_schedule(events)
+    findings = ex.findings()
+    for d, sched in findings:
+        tag = "known" if d.known else "NEW"
+        print(f"  {tag} {d.cls} ({d.wrong_side} wrong) at event {d.event_index} {d.op}: "
+              f"{d.signature.split('|', 6)[6]}")
+        print(f"      schedule {json.dumps(event_to_json(sched))}")
+        if not d.known:
+            small = found([sched] + program, d, job, known, res)
+            print(f"      saved {res.saved[small.signature]} ({len(small.trace)} events, minimized)")
+    new_ones = sum(not d.known for d, _ in findings)
+    print(f"explore: {len(findings)} distinct divergence{'s' if len(findings) != 1 else ''}, {new_ones} new")
+    return 1 if new_ones else 0
+
+
 class Parser(argparse.ArgumentParser):
     """Usage errors as one line naming what is wrong (argparse prints the whole usage); every
     --help ends with the exit codes and the output-file policy."""
@@ -432,6 +514,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "alone (--max-time stays a safety limit)")
     r.add_argument("--minimize-attempts", type=argtypes.int_range(1), default=2000, metavar="N",
                    help="with --max-traces: candidate traces tried per minimization (default 2000)")
+    r.add_argument("--schedules", choices=["pct", "exhaustive"], default="pct",
+                   help="task traces: pct (default: each generated program runs its one generated "
+                        "schedule: preempt, PCT or the default) or exhaustive (every schedule of each "
+                        "program up to --preemptions, at most --max-schedules of them; implies --tasks; "
+                        "--engine random only)")
+    r.add_argument("--preemptions", type=argtypes.int_range(0), default=None, metavar="K",
+                   help=f"--schedules exhaustive: the preemption bound (default {DEFAULT_PREEMPTIONS})")
+    r.add_argument("--max-schedules", type=argtypes.int_range(1), default=None, metavar="N",
+                   help="--schedules exhaustive: schedules per generated program at most (default "
+                        f"{DEFAULT_RUN_SCHEDULES}; a program cut there is explored in a seeded order)")
     _trace_timeout_option(r)
     r.add_argument("--force-report", action="store_true",
                    help="replace an existing --report file (by default a run never overwrites "
@@ -461,12 +553,31 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--html", default=None, metavar="OUT.html",
                    help="write the timeline with a picture of each divergence as one HTML page "
                         "(a symlink is refused, a device or FIFO is written through)")
+    e = sub.add_parser("explore", help="every schedule of a trace's program up to a preemption bound")
+    e.add_argument("trace")
+    e.add_argument("--arch", default=None, help="default: the entry's, or x86-shadow for a plain trace")
+    e.add_argument("--old", default=None, help="a version (not a candidate)")
+    e.add_argument("--new", default=None, help="a version (not a candidate)")
+    e.add_argument("--preemptions", type=argtypes.int_range(0), default=DEFAULT_PREEMPTIONS, metavar="K",
+                   help="most preemptions per schedule (a switch away from a task inside an event; "
+                        f"switches at event ends or when a task blocks are free); default {DEFAULT_PREEMPTIONS}")
+    e.add_argument("--max-schedules", type=argtypes.int_range(1), default=DEFAULT_EXPLORE_SCHEDULES,
+                   metavar="N", help=f"stop after N schedules (default {DEFAULT_EXPLORE_SCHEDULES}); the "
+                   "output says \"complete\" or \"cut at N\"")
+    e.add_argument("--seed", type=argtypes.seed, default=None,
+                   help="shuffles the order of schedules of equal rank (departures, preemptions), which "
+                        "matters only when --max-schedules cuts the exploration short (default: the "
+                        "fixed order)")
+    e.add_argument("--out", default="memslot-fuzz-out",
+                   help="directory for new divergences (minimized, saved as run saves them)")
+    e.add_argument("--minimize-attempts", type=argtypes.int_range(1), default=2000, metavar="N",
+                   help="candidate traces tried per minimization (default 2000)")
     return p
 
 
 def check_outputs(args) -> None:
     """Every output path, before any work: exit 2 with one line naming the option and path."""
-    if args.cmd in ("run", "ci"):
+    if args.cmd in ("run", "ci", "explore"):
         output.prepare_dir(args.out, "--out")
     if args.cmd == "ci":
         output.prepare_dir(args.state, "--state")
@@ -483,11 +594,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         check_outputs(args)     # numbers are checked by their argparse types
         code = {"list": cmd_list, "run": cmd_run, "replay": cmd_replay, "show": cmd_show,
-                "ci": cmd_ci}[args.cmd](args)
+                "ci": cmd_ci, "explore": cmd_explore}[args.cmd](args)
         # a command that stopped on SIGINT/SIGTERM and wound up by itself (ci) still says so
         return lifetime.exit_code() if code != 2 and lifetime.stop_signal() is not None else code
     except (ModelLoadError, CandidateError, TraceError, KnownListError, UsageError, report.ReportError,
-            output.OutputError) as e:
+            output.OutputError, ExploreError) as e:
         print(f"memslot-fuzz: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -19,6 +19,7 @@ from oracles.compare import Divergence
 from oracles.triage import KnownEntry
 
 from . import corpus
+from .explore import explore, program_tasks, strip_schedule
 from .generate import GenConfig, RandomSource, generate
 from .minimize import minimize
 from .runner import Side, run_trace
@@ -39,6 +40,9 @@ class Job:
     engine: str = "random"           # random | hypothesis | atheris | exhaustive (for reports)
     max_traces: int | None = None    # stop after this many traces (reproducible mode)
     minimize_attempts: int | None = None   # minimization budget in calls, not seconds
+    schedules: str = "pct"           # pct: the generated schedule | exhaustive: every one (fuzz/explore.py)
+    preemptions: int = 2             # exhaustive: the preemption bound
+    max_schedules: int = 200         # exhaustive: schedules per program at most
 
 
 @dataclass
@@ -51,6 +55,9 @@ class JobResult:
     seconds: float = 0.0
     interrupted: bool = False
     stopped_by: str = ""             # max-time | max-traces | stop-on-new | interrupted
+    schedules: int = 0               # exhaustive schedules: schedules run, over every program
+    explored: int = 0                # programs explored (of several tasks)
+    explored_complete: int = 0       # of those, explored up to the bound without hitting a cap
 
 
 def reproduce(events: list[Event], job: Job, known: list[KnownEntry], signature: str) -> Divergence | None:
@@ -107,6 +114,20 @@ def found(events: list[Event], d: Divergence, job: Job, known: list[KnownEntry],
     return small
 
 
+def explored(events: list[Event], job: Job, known: list[KnownEntry], res: JobResult, seed: int,
+             deadline: float) -> list[tuple[list[Event], Divergence]]:
+    """Every schedule of a generated program up to job.preemptions (at most job.max_schedules,
+    the seed picking the order of siblings), instead of its one generated schedule: each
+    distinct divergence with the trace (program and the simplest directive) that shows it."""
+    ex = explore(events, job.arch, job.old, job.new, known, job.preemptions, job.max_schedules, seed, deadline)
+    res.schedules += len(ex.schedules)
+    res.events += sum(s.result.events for s in ex.schedules if s.result is not None)
+    res.explored += 1
+    res.explored_complete += ex.complete
+    program = strip_schedule(events)
+    return [([sched] + program, d) for d, sched in ex.findings()]
+
+
 Progress = Callable[[JobResult, str], None]
 
 
@@ -127,10 +148,14 @@ def run_job(job: Job, known: list[KnownEntry], progress: Progress | None = None,
                 res.stopped_by = "max-time"
                 break
             events = generate(RandomSource(rng), job.gen)
-            r = run_trace(events, job.arch, job.old, job.new, known)
+            if job.schedules == "exhaustive" and len(program_tasks(events)) > 1:
+                shown = explored(events, job, known, res, rng.randrange(1 << 32), start + job.max_time)
+            else:
+                r = run_trace(events, job.arch, job.old, job.new, known)
+                res.events += r.events
+                shown = [(events, d) for d in r.divergences]
             res.traces += 1
-            res.events += r.events
-            for d in r.divergences:
+            for events, d in shown:
                 if d.signature in seen:
                     continue
                 seen.add(d.signature)

@@ -13,6 +13,7 @@ is passed on to the workers, which stop, save and send what they found.
 """
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing as mp
 import os
 import queue
@@ -60,9 +61,7 @@ def run_parallel(job: Job, jobs: int, known: list[KnownEntry], quiet: bool = Fal
     procs = []
     parent = os.getpid()
     for k in range(jobs):
-        sub = Job(job.arch, job.old, job.new, job.max_time, job.seed + k * SEED_STRIDE, job.out_dir,
-                  job.gen, job.minimize_seconds, job.stop_on_new, job.engine,
-                  max_traces=share(job.max_traces, jobs, k), minimize_attempts=job.minimize_attempts)
+        sub = dataclasses.replace(job, seed=job.seed + k * SEED_STRIDE, max_traces=share(job.max_traces, jobs, k))
         p = ctx.Process(target=_worker, args=(k, sub, known, results, progress, parent), daemon=True)
         p.start()
         procs.append(p)
@@ -112,6 +111,9 @@ def run_parallel(job: Job, jobs: int, known: list[KnownEntry], quiet: bool = Fal
     for res in collected:
         merged.events += res.events
         merged.traces += res.traces
+        merged.schedules += res.schedules
+        merged.explored += res.explored
+        merged.explored_complete += res.explored_complete
         merged.seconds = max(merged.seconds, res.seconds)
         merged.interrupted |= res.interrupted
         merged.stopped_by = min(merged.stopped_by, res.stopped_by, key=_STOP_ORDER.index)

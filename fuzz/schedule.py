@@ -19,10 +19,33 @@ up to a bound for exhaustive ones; the minimizer shrinks either form.
 from __future__ import annotations
 
 import random
+from contextlib import contextmanager
+from typing import Callable, Iterator
 
 from impls.tasks import Policy, Scheduler, Task
 
 from .trace import Event, Schedule
+
+# Who watches the choices (fuzz/explore.py): called as recorder(sched, runnable, current,
+# at_boundary, chosen) at every scheduling point of every run while it is installed.
+Recorder = Callable[[Scheduler, list[Task], "Task | None", bool, Task], None]
+_recorders: list[Recorder] = []
+
+
+@contextmanager
+def recording(recorder: Recorder) -> Iterator[Recorder]:
+    """Within the block every policy reports each choice it makes to `recorder`."""
+    _recorders.append(recorder)
+    try:
+        yield recorder
+    finally:
+        _recorders.remove(recorder)
+
+
+def _chose(sched: Scheduler, runnable: list[Task], current: Task | None, at_boundary: bool, t: Task) -> Task:
+    if _recorders:
+        _recorders[-1](sched, runnable, current, at_boundary, t)
+    return t
 
 
 class TraceOrder(Policy):
@@ -34,6 +57,9 @@ class TraceOrder(Policy):
         self.preempt = dict(preempt)
 
     def choose(self, sched: Scheduler, runnable: list[Task], current: Task | None, at_boundary: bool) -> Task:
+        return _chose(sched, runnable, current, at_boundary, self._choose(sched, runnable, current, at_boundary))
+
+    def _choose(self, sched: Scheduler, runnable: list[Task], current: Task | None, at_boundary: bool) -> Task:
         want = self.preempt.get(sched.steps)
         if want is not None:
             for t in runnable:
@@ -63,7 +89,8 @@ class Pct(Policy):
         low = self.change.get(sched.steps)
         if low is not None and current is not None:
             self.priority[current.name] = low
-        return max(runnable, key=lambda t: (self.priority.get(t.name, 0), -t.order))
+        return _chose(sched, runnable, current, at_boundary,
+                      max(runnable, key=lambda t: (self.priority.get(t.name, 0), -t.order)))
 
 
 def policy_for(directive: Schedule | None, events: list[Event], next_index, current_index) -> Policy:

@@ -1,0 +1,222 @@
+"""Bounded exhaustive schedules (fuzz/explore.py): hand-counted trees, the bugs of
+tests/test_tasks.py found from their programs without a schedule, exact replay of every
+explored directive, and the `explore` command."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from fuzz import cli
+from fuzz.explore import (exits_commute, explore, explore_side, program_tasks, replay_choices,
+                          strip_schedule)
+from fuzz.runner import run_trace
+from fuzz.trace import (GuestAccess, HostMap, InvalidateRangeEnd, InvalidateRangeStart, Release, Schedule,
+                        SetMemoryRegion, dumps, loads)
+from fuzz.wellformed import check_well_formed
+from test_tasks import KNOWN, YIELD, H, P, no_flush_yield, side
+
+# Two tasks, two events each, on x86-shadow v5.13.  mm0's invalidate_range_start has three
+# scheduling points inside it (before mmap_lock for read, before mmu_lock, after its release)
+# and so has its range_end (before mmu_lock, after its release, after mmap_lock's release);
+# a guest access takes no lock, so vcpu0's events have none.  The points after mm0's last
+# event and vcpu0's exits are not branched on (no release in the program: exits commute).
+TWO_BY_TWO = [InvalidateRangeStart(H, H + P, task="mm0"), InvalidateRangeEnd(H, H + P, task="mm0"),
+              GuestAccess(0, 0x100, task="vcpu0"), GuestAccess(0, 0x101, task="vcpu0")]
+
+
+def test_two_tasks_two_events_each_counted_by_hand():
+    # vcpu0's two atomic accesses go, in order, into one of 9 places in mm0's run: before its
+    # first event, at its 3 inner points, between its events, at the 3 inner points of the
+    # second, after it.  An inner place costs one preemption (returning to mm0 at vcpu0's event
+    # boundary is free), however many accesses it takes.
+    #   K=0: both in the 3 outer places: C(3+1, 2) = 6 (the C(4,2) event orders)
+    #   K=1: + both in one inner place (6) + one inner and one outer (6 * 3 = 18) = 30
+    #   K=2: + two different inner places C(6, 2) = 15 = 45, every placement: C(9+1, 2) = 45
+    v513 = side("x86-shadow", "v5.13")
+    for bound, count in ((0, 6), (1, 30), (2, 45), (3, 45)):
+        ex = explore_side(TWO_BY_TWO, "x86-shadow", v513, bound)
+        assert (len(ex.schedules), ex.status) == (count, "complete")
+        assert all(s.preemptions["side"] <= bound for s in ex.schedules)
+        assert len({s.choices["side"] for s in ex.schedules}) == count       # all different runs
+        assert len({s.key for s in ex.schedules}) == count
+        # both sides the same model: one tree, every directive compared once
+        both = explore(TWO_BY_TWO, "x86-shadow", v513, v513, KNOWN, bound)
+        assert [s.key for s in both.schedules] == [s.key for s in ex.schedules]
+        assert not any(s.result.divergences for s in both.schedules)
+    ex = explore_side(TWO_BY_TWO, "x86-shadow", v513, 2)
+    assert ex.schedules[0].key == ()                      # the default schedule first
+    depths = [len(s.key) for s in ex.schedules]
+    assert depths == sorted(depths)                       # one departure before any two
+
+
+def test_every_explored_directive_replays_its_choices_exactly():
+    v513, v1 = side("x86-shadow", "v5.13"), side("x86-shadow", "series-v1")
+    for s in explore_side(TWO_BY_TWO, "x86-shadow", v513, 2).schedules:
+        trace = loads(dumps([s.directive] + TWO_BY_TWO))      # through the saved form too
+        assert replay_choices(trace, "x86-shadow", v513) == s.choices["side"]
+    # two sides that block at different points: each side replays what it did under every
+    # directive of either side's tree
+    ex = explore(DEADLOCK_LATE, "x86-shadow", v513, v1, KNOWN, 1)
+    assert ex.complete and len(ex.schedules) > 20
+    for s in ex.schedules:
+        trace = [s.directive] + DEADLOCK_LATE
+        assert replay_choices(trace, "x86-shadow", v513) == s.choices["old"]
+        assert replay_choices(trace, "x86-shadow", v1) == s.choices["new"]
+
+
+def test_tdp_yield_bug_found_from_the_program_without_a_schedule():
+    assert not any(isinstance(e, Schedule) for e in YIELD)
+    cand = no_flush_yield()
+    shape = "guest_access|new|guest-used-zapped-translation-while-mmu_lock-dropped"
+    # K=0 (every order of the events, nothing preempted) cannot show it: the access must run
+    # while the zap has dropped mmu_lock inside invalidate_range_start.  Cut at 200 schedules,
+    # which covers every single departure from the default schedule.
+    none = explore(YIELD, "x86-tdp", side("x86-tdp", "v5.13"), cand, KNOWN, 0, max_schedules=200)
+    assert not any(d.signature.endswith(shape) for d, _ in none.findings())
+    runs = []
+    for _ in range(2):
+        ex = explore(YIELD, "x86-tdp", side("x86-tdp", "v5.13"), cand, KNOWN, 1, max_schedules=60)
+        assert ex.status.startswith("cut at 60, complete through 1 departure")
+        hits = [(d, s) for d, s in ex.findings() if d.signature.endswith(shape)]
+        assert len(hits) == 1
+        runs.append([s.key for s in ex.schedules])
+        d, sched = hits[0]
+    assert runs[0] == runs[1]                             # deterministic
+    assert d.cls == "missed-flush" and not d.known
+    assert len(sched.preempt) == 1 and sched.preempt[0][1] == "vcpu0"
+    # the directive replays the bug; the real v5.13 flushes before it yields
+    trace = [sched] + YIELD
+    assert any(x.signature.endswith(shape) for x in run_trace(trace, "x86-tdp", side("x86-tdp", "v5.13"),
+                                                                cand, KNOWN).divergences)
+    assert not run_trace(trace, "x86-tdp", side("x86-tdp", "v5.13"), side("x86-tdp", "v5.13"), KNOWN).divergences
+
+
+# The program of test_tasks.DEADLOCK (the vCPU's fault left out), with the second memslot
+# update last: the default schedule runs it after mm0's invalidations and nothing happens.
+DEADLOCK_LATE = [HostMap(H, 16 * P, 0x1000, task="mm0"),
+                 SetMemoryRegion(0, 0, 0, 0x100000, 16 * P, H, task="ioctl"),
+                 InvalidateRangeStart(H, H + 4 * P, task="mm0"),
+                 InvalidateRangeStart(H, H + 2 * P, task="mm0"), InvalidateRangeEnd(H, H + 2 * P, task="mm0"),
+                 InvalidateRangeEnd(H, H + 4 * P, task="mm0"),
+                 SetMemoryRegion(0, 1, 0, 0x200000, 4 * P, H + 0x100000, task="ioctl")]
+DEADLOCK_SHAPE = "invalidate_range_start|new|wait-for-cycle:mmu_notifier_slots_lock"
+
+
+def test_series_v1_deadlock_found_by_exploring_event_orders():
+    check_well_formed(DEADLOCK_LATE)
+    v513, v1 = side("x86-shadow", "v5.13"), side("x86-shadow", "series-v1")
+    sigs = lambda trace: {d.signature.split("|", 4)[4] for d in run_trace(trace, "x86-shadow", v513, v1,
+                                                                          KNOWN).divergences}
+    assert DEADLOCK_SHAPE not in sigs(DEADLOCK_LATE)
+    ex = explore(DEADLOCK_LATE, "x86-shadow", v513, v1, KNOWN, 0)
+    assert ex.complete
+    got = {d.signature.split("|", 4)[4]: (d, s) for d, s in ex.findings()}
+    d, sched = got[DEADLOCK_SHAPE]
+    assert d.cls == "deadlock" and d.known
+    # one free departure: mm0 opens its invalidation before the ioctl's first update (a choice
+    # at an event boundary, no preemption), and then the default order runs an update inside it
+    assert len(sched.preempt) == 1
+    assert next(s for s in ex.schedules if s.key == sched.preempt).preemptions == {"old": 0, "new": 0}
+    assert DEADLOCK_SHAPE in sigs([sched] + DEADLOCK_LATE)
+    # the same orders on v5.13 on both sides: no deadlock anywhere
+    assert not any(s.result.divergences for s in explore(DEADLOCK_LATE, "x86-shadow", v513, v513, KNOWN, 0).schedules)
+
+
+def test_cap_seed_and_exits():
+    v513 = side("x86-shadow", "v5.13")
+    full = explore_side(TWO_BY_TWO, "x86-shadow", v513, 2, max_schedules=1000, seed=5)
+    assert full.complete
+    assert {s.key for s in full.schedules} == {s.key for s in explore_side(TWO_BY_TWO, "x86-shadow", v513, 2).schedules}
+    cut = [explore_side(TWO_BY_TWO, "x86-shadow", v513, 2, max_schedules=10) for _ in range(2)]
+    assert cut[0].status == "cut at 10, complete through 1 departure from the default schedule"
+    assert [s.key for s in cut[0].schedules] == [s.key for s in cut[1].schedules]
+    assert exits_commute(TWO_BY_TWO) == {"mm0": 2, "vcpu0": 2}
+    assert exits_commute(TWO_BY_TWO + [Release(task="mm0")]) is None
+    assert program_tasks(TWO_BY_TWO) == ["mm0", "vcpu0"]
+    assert program_tasks([HostMap(H, P, 1), InvalidateRangeStart(H, H + P), InvalidateRangeEnd(H, H + P)]) == ["main"]
+    assert strip_schedule([Schedule(preempt=((1, "mm0"),))] + TWO_BY_TWO) == TWO_BY_TWO
+
+
+# ----- the command ----------------------------------------------------------------------------
+def explore_cli(*args):
+    return cli.main(["explore"] + [str(a) for a in args])
+
+
+def test_explore_command_reports_every_divergence_with_its_schedule(tmp_path, capsys):
+    path = tmp_path / "t.json"
+    path.write_text(dumps([Schedule(preempt=((3, "mm0"),))] + DEADLOCK_LATE))
+    rc = explore_cli(path, "--old", "v5.13", "--new", "series-v1", "--preemptions", 0, "--out", tmp_path / "o")
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "2 tasks (ioctl, mm0), up to 0 preemptions:" in out and "schedules, complete" in out
+    assert "known deadlock (new wrong)" in out and "wait-for-cycle:mmu_notifier_slots_lock" in out
+    line = next(x for x in out.splitlines() if "schedule {" in x)
+    assert json.loads(line.split("schedule ", 1)[1])["op"] == "schedule"
+    rc = explore_cli(path, "--old", "v5.13", "--new", "series-v1", "--preemptions", 2, "--max-schedules", 7,
+                     "--out", tmp_path / "o")
+    assert rc == 0 and "7 schedules, cut at 7" in capsys.readouterr().out
+
+
+def test_explore_command_saves_a_new_divergence_and_exits_1(tmp_path, capsys, monkeypatch):
+    # the command refuses file.py:Class candidates; an in-process class stands in for "v5.15"
+    real = cli._side
+    monkeypatch.setattr(cli, "_side", lambda arch, spec, *a: no_flush_yield() if spec == "v5.15"
+                        else real(arch, spec, *a))
+    path = tmp_path / "y.json"
+    path.write_text(dumps(YIELD))
+    rc = explore_cli(path, "--arch", "x86-tdp", "--old", "v5.13", "--new", "v5.15", "--preemptions", 1,
+                     "--max-schedules", 60, "--minimize-attempts", 50, "--out", tmp_path / "o")
+    out = capsys.readouterr().out
+    assert rc == 1, out
+    assert "NEW missed-flush (new wrong)" in out and "cut at 60" in out
+    saved = list((tmp_path / "o" / "x86-tdp").glob("*.json"))
+    assert len(saved) == 1 and f"saved {saved[0]}" in out
+
+
+def exit_code(argv) -> int:
+    try:
+        return cli.main(argv)
+    except SystemExit as e:          # argparse's own errors
+        return e.code
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--preemptions", "-1"], "argument --preemptions: must be an integer at least 0"),
+    (["--new", "my_patch.py:P"], "explore cannot run a candidate (my_patch.py:P)"),
+    (["--max-schedules", "0"], "argument --max-schedules: must be an integer at least 1"),
+])
+def test_explore_usage_errors_are_one_line(tmp_path, capsys, args, message):
+    path = tmp_path / "t.json"
+    path.write_text(dumps(DEADLOCK_LATE))
+    assert exit_code(["explore", str(path), *args, "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_explore_input_errors_and_one_task(tmp_path, capsys):
+    assert explore_cli(tmp_path / "missing.json", "--out", tmp_path / "o") == 2
+    err = capsys.readouterr().err
+    assert "missing.json" in err and err.count("\n") == 1
+    one = tmp_path / "one.json"
+    one.write_text(dumps([HostMap(H, P, 1), InvalidateRangeStart(H, H + P), InvalidateRangeEnd(H, H + P)]))
+    assert explore_cli(one, "--out", tmp_path / "o") == 0
+    out = capsys.readouterr().out
+    assert out.strip() == f"explore {one}: one task (main): nothing to explore"
+
+
+def test_run_with_exhaustive_schedules(tmp_path, capsys):
+    rc = cli.main(["run", "--arch", "x86-shadow", "--old", "v5.13", "--new", "series-v1", "--schedules", "exhaustive",
+                   "--preemptions", "1", "--max-schedules", "15", "--max-traces", "3", "--max-events", "6",
+                   "--seed", "4", "--out", str(tmp_path / "o"), "--quiet", "--max-time", "120"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert "exhaustive schedules x86-shadow: 3 programs of several tasks" in err
+    for bad, message in ((["--preemptions", "1"], "--preemptions: only with --schedules exhaustive"),
+                         (["--schedules", "exhaustive", "--engine", "hypothesis"],
+                          "--schedules exhaustive: only with --engine random"),
+                         (["--schedules", "exhaustive", "--new", "p.py:P"],
+                          "--schedules exhaustive cannot run a candidate")):
+        assert exit_code(["run", "--arch", "x86-shadow", "--out", str(tmp_path / "o"), "--max-time", "1"] + bad) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
