@@ -8,7 +8,7 @@ import dataclasses
 import time
 from typing import Callable
 
-from .wellformed import well_formed
+from .wellformed import ALLOWANCES, allowances_needed, well_formed
 from .trace import (ClearFlushYoung, ClearYoung, Event, InvalidateRangeEnd,
                     InvalidateRangeStart, partner, Schedule)
 
@@ -62,13 +62,18 @@ def minimize(events: list[Event], fails: Callable[[list[Event]], bool],
              max_seconds: float = 20.0, max_attempts: int | None = None) -> list[Event]:
     """Smallest trace we can find for which `fails` still holds, within max_seconds, or,
     when max_attempts is given, within that many calls of `fails` whatever the time (the
-    result is then a function of the input alone)."""
+    result is then a function of the input alone).  A candidate may not use a well-formedness
+    allowance the input did not (fuzz.wellformed.ALLOWANCES): what a running kernel could send
+    minimizes to what a running kernel could send, so reachability judges the real trace."""
     clock = _Clock(max_seconds, max_attempts)
     best = list(events)
+    allowed = allowances_needed(best) if well_formed(best) else set(ALLOWANCES)
 
     def attempt(cand: list[Event]) -> bool:
         nonlocal best
         if len(cand) > len(best) or not clock.left() or not well_formed(cand):
+            return False
+        if allowances_needed(cand) - allowed:
             return False
         clock.attempts += 1
         if fails(cand):

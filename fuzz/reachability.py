@@ -7,7 +7,13 @@ unaligned ones, because they reach walker corner cases; a divergence that needs 
 model behaviour but not something a running kernel can hit.
 
     reachability(events, arch, old_side, new_side, known, signature) -> "aligned" | "unaligned-only"
+    reach_and_needs(...) -> (that, the kernel rules the trace still breaks: [] = kernel-reachable)
     aligned_trace(events, page_size=4096) -> list[Event]
+
+Alignment is one of the rules the generator breaks on purpose (fuzz.wellformed.ALLOWANCES); a
+bare change_pte, an empty range, aging an unmapped page or a wide aging range are the others.
+A divergence is reachable by a running kernel only when its trace needs none of them; the
+minimizer never adds one the found trace did not use (fuzz.minimize).
 """
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ from oracles.triage import KnownEntry
 from .runner import Side, run_trace
 from .trace import (ChangePte, ClearFlushYoung, ClearYoung, Event, InvalidateRangeEnd,
                     InvalidateRangeStart, TestYoung)
+from .wellformed import allowances_needed, well_formed
 
 ALIGNED = "aligned"
 UNALIGNED_ONLY = "unaligned-only"
@@ -48,6 +55,18 @@ def reachability(events: list[Event], arch: str, old_side: Side, new_side: Side,
                  known: list[KnownEntry], signature: str) -> str:
     """"aligned" if the trace with every notifier range page aligned still shows `signature`,
     else "unaligned-only".  The page size is the old side's model's (all models use 4 KiB)."""
+    return reach_and_needs(events, arch, old_side, new_side, known, signature)[0]
+
+
+def reach_and_needs(events: list[Event], arch: str, old_side: Side, new_side: Side,
+                    known: list[KnownEntry], signature: str) -> tuple[str, list[str]]:
+    """`reachability`, and the kernel rules (fuzz.wellformed.ALLOWANCES) that the trace which
+    shows the signature still breaks: the aligned trace's when it shows it, else the trace's
+    own (then "unaligned" among them).  No rule: a running kernel can send that trace."""
     page = 1 << getattr(old_side.cls, "page_shift", 12)
-    shown = run_trace(aligned_trace(events, page), arch, old_side, new_side, known).divergences
-    return ALIGNED if any(d.signature == signature for d in shown) else UNALIGNED_ONLY
+    aligned = aligned_trace(events, page)
+    shown = run_trace(aligned, arch, old_side, new_side, known).divergences
+    if any(d.signature == signature for d in shown) and well_formed(aligned):
+        return ALIGNED, sorted(allowances_needed(aligned))
+    needs = allowances_needed(events) if well_formed(events) else set()
+    return UNALIGNED_ONLY, sorted(needs | {"unaligned"})

@@ -22,22 +22,23 @@ from oracles.compare import CLASSES, Divergence
 from oracles.reference import Expectation
 
 from .picture import html_page, replay_details, svg_from_detail, write_pictures
-from .reachability import ALIGNED, UNALIGNED_ONLY, reachability
+from .reachability import ALIGNED, UNALIGNED_ONLY, reach_and_needs
 from .reachability import VALUES as REACH_VALUES
 from .runner import Side
 from .trace import MAIN_TASK, TraceError, event_to_json, trace_from_json, trace_to_json
+from .wellformed import ALLOWANCES
 
 REPORT_SCHEMA = "memslot-fuzz-report/1"
 
 
 def divergence_json(d: Divergence, saved: str | None, reachability: str | None = None,
-                    picture: str | None = None) -> dict:
+                    picture: str | None = None, needs: list[str] | None = None) -> dict:
     return {"class": d.cls, "arch": d.arch, "old": d.old, "new": d.new,
             "wrong_side": d.wrong_side, "known": d.known, "explanation": d.explanation,
             "signature": d.signature, "op": d.op, "shape": d.shape,
             "event_index": d.event_index, "detail": d.detail,
             "trace": trace_to_json(d.trace), "saved": saved,
-            "reachability": reachability, "picture": picture}
+            "reachability": reachability, "needs": needs, "picture": picture}
 
 
 def build(results, seed: int, seconds: float, pictures: bool = True, reach: bool = True) -> dict:
@@ -54,12 +55,12 @@ def build(results, seed: int, seconds: float, pictures: bool = True, reach: bool
                      "aligned_only": bool(getattr(getattr(j, "gen", None), "aligned_only", False))})
         for d in res.divergences:
             saved = res.saved.get(d.signature)
-            r = reachability(d.trace, j.arch, j.old, j.new, [], d.signature) if reach else None
+            r, needs = reach_and_needs(d.trace, j.arch, j.old, j.new, [], d.signature) if reach else (None, None)
             pic = None
             if pictures:
                 stem = f"{Path(saved).stem}-{_short(d.signature)}" if saved else None
                 pic = str(write_pictures(d, j, j.out_dir, stem))
-            divs.append(divergence_json(d, str(saved) if saved is not None else None, r, pic))
+            divs.append(divergence_json(d, str(saved) if saved is not None else None, r, pic, needs))
     divs.sort(key=lambda x: (x["known"], CLASSES.index(x["class"]), x["arch"], x["signature"]))
     events = sum(r["events"] for r in runs)
     return {"schema": REPORT_SCHEMA, "seed": seed, "runs": runs, "divergences": divs,
@@ -87,7 +88,7 @@ RUN_FIELDS = {"arch": _STR, "old": _STR, "new": _STR, "engine": _STR, "seed": _I
 DIV_FIELDS = {"class": _STR, "arch": _STR, "old": _STR, "new": _STR, "wrong_side": _STR,
               "known": _BOOL, "explanation": _STR, "signature": _STR, "op": _STR, "shape": _STR,
               "event_index": _INT, "detail": _STR, "trace": dict, "saved": (_STR, type(None)),
-              "reachability": (_STR, type(None)), "picture": (_STR, type(None))}
+              "reachability": (_STR, type(None)), "needs": (list, type(None)), "picture": (_STR, type(None))}
 TOTAL_FIELDS = {"events": _INT, "traces": _INT, "seconds": _NUM, "events_per_second": _NUM,
                 "divergences": _INT, "new_divergences": _INT, "unaligned_only": _INT,
                 "interrupted": _BOOL}
@@ -128,6 +129,9 @@ def validate_report(doc, source: str = "report") -> None:
         if d["reachability"] is not None and d["reachability"] not in REACH_VALUES:
             raise ReportError(f"{where}: field reachability: {d['reachability']!r} is not one of "
                               f"{', '.join(REACH_VALUES)}")
+        if d["needs"] is not None and any(n not in ALLOWANCES for n in d["needs"]):
+            bad = next(n for n in d["needs"] if n not in ALLOWANCES)
+            raise ReportError(f"{where}: field needs: {bad!r} is not one of {', '.join(ALLOWANCES)}")
         sig = "|".join([d["class"], d["arch"], d["old"], d["new"], d["op"], d["wrong_side"], d["shape"]])
         if d["signature"] != sig:
             raise ReportError(f"{where}: field signature: {d['signature']!r} does not match its fields")
@@ -153,8 +157,11 @@ def validate_report(doc, source: str = "report") -> None:
 
 
 # ----- console summary --------------------------------------------------------------------
-def _reach_word(value) -> str:
-    return {ALIGNED: "yes", UNALIGNED_ONLY: "no"}.get(value, "-")
+def _kernel_word(d: dict) -> str:
+    """Can a running kernel send the trace: yes, or which kernel rules it breaks."""
+    if d.get("needs") is None:
+        return {ALIGNED: "aligned", UNALIGNED_ONLY: "no:unaligned"}.get(d.get("reachability"), "-")
+    return "yes" if not d["needs"] else "no:" + "+".join(d["needs"])
 
 
 def print_summary(doc: dict, out: TextIO) -> None:
@@ -162,16 +169,16 @@ def print_summary(doc: dict, out: TextIO) -> None:
     t = doc["totals"]
     divs = doc["divergences"]
     if divs:
-        rows = [("#", "class", "arch", "versions", "wrong", "status", "aligned", "events", "op", "shape")]
+        rows = [("#", "class", "arch", "versions", "wrong", "status", "kernel", "events", "op", "shape")]
         for i, d in enumerate(divs, 1):
             rows.append((str(i), d["class"], d["arch"], f"{d['old']}..{d['new']}", d["wrong_side"],
-                         "known" if d["known"] else "NEW", _reach_word(d.get("reachability")),
+                         "known" if d["known"] else "NEW", _kernel_word(d),
                          str(len(d["trace"]["events"])), d["op"], d["shape"][:48]))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
         for r in rows:
             print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip(), file=out)
-        print("(aligned: the divergence also shows with page-aligned notifier ranges, as the "
-              "kernel's mm sends them)", file=out)
+        print("(kernel: a running kernel can send the trace that shows it; else the rules it breaks: "
+              "unaligned ranges, a bare change_pte, ...)", file=out)
         print(file=out)
         for i, d in enumerate(divs, 1):
             files = [f"trace {d['saved'] or '-'}"]
@@ -277,8 +284,13 @@ def print_timeline(events, res, arch: str, old, new, out: TextIO, color: bool | 
             status = "known" if d.known else "NEW"
             r = ""
             if reach:
-                r = reachability(events, arch, old_side, new_side, [], d.signature)
-                r = "; reachable with aligned ranges" if r == ALIGNED else "; only with unaligned ranges"
+                r, needs = reach_and_needs(events, arch, old_side, new_side, [], d.signature)
+                others = [n for n in needs if n != "unaligned"]
+                if r == UNALIGNED_ONLY:
+                    r = "; only with unaligned ranges" + (" and " + ", ".join(others) if others else "")
+                else:
+                    r = ("; a running kernel can send this trace" if not needs
+                         else "; aligned, but only with " + ", ".join(needs))
             print(c(YELLOW if d.known else RED,
                     f"        ** {d.cls} [{d.wrong_side} wrong, {status}] {d.shape}: {d.detail}{r}"), file=out)
             if d.known and d.explanation:

@@ -335,6 +335,24 @@ def _check_tasks_finish(st: WalkState, events: list[Event]) -> None:
             st.fail(i, ev, "task", f"{ev.task} never commits fault {ev.fault}: its task cannot finish")
 
 
+def allowances_needed(events: list[Event]) -> set[str]:
+    """The ALLOWANCES a well-formed trace uses: the kernel rules it breaks on purpose (empty:
+    a running kernel could send exactly this trace).  The trace must pass check_well_formed."""
+    st = WalkState()
+    needed: set[str] = set()
+    for i, ev in enumerate(events):
+        st.index = i
+        for name, rule in ALLOWANCES.items():
+            if name not in needed:
+                try:
+                    rule(st, i, ev)
+                except TraceError:
+                    needed.add(name)
+        for track in TRACKERS:
+            track(st, ev)
+    return needed
+
+
 def well_formed(events: list[Event], strict: bool = False) -> bool:
     try:
         check_well_formed(events, strict=strict)
