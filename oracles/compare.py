@@ -159,7 +159,8 @@ def check_side(ev: Event, exp: Expectation | None, side: SideResult,
         # an invalidation that hits a memslot must keep faults retrying until its end (a version
         # that elides the count for a miss, v5.15 on, is still right: no fault can use a miss)
         out.append(Finding("count-imbalance", "count-not-raised",
-                           f"mmu_notifier_count is 0 after invalidate_range_start hit {exp.gfns.describe()}"))
+                           f"mmu_notifier_count is 0 after invalidate_range_start hit {exp.gfns.describe()}",
+                           needs=MEMSLOTS))      # whether it hit a memslot is the reference's call
 
     # stale-mapping: a leaf this event installed or changed maps what the host does not.  Only
     # leaves still there when the event ends: in task mode another task may have zapped one
