@@ -485,7 +485,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="longest generated trace (at least 3)")
     r.add_argument("--tasks", action="store_true",
                    help="generate traces of several kernel tasks with schedules (on by default when a "
-                        "version needs real locks: series-v1, v5.15, v6.10)")
+                        "version needs real locks: series-v1 and v5.15 onwards)")
     r.add_argument("--aligned-only", action="store_true", help="page-aligned notifier ranges only")
     r.add_argument("--minimize-seconds", type=argtypes.positive_float, default=10.0,
                    help="time limit per minimization")
