@@ -13,16 +13,18 @@ from pathlib import Path
 
 from .kvm import Kvm
 
-ARCHES = ["x86-shadow", "x86-tdp", "arm64", "mips", "ppc-hv-hash", "ppc-hv-radix", "ppc-pr", "e500"]
+ARCHES = ["x86-shadow", "x86-tdp", "arm64", "mips", "ppc-hv-hash", "ppc-hv-radix", "ppc-pr", "e500",
+          "riscv-sv39", "riscv-sv48"]
 # in kernel order; series-v1 (the series' first posting, with patch 16) came before v5.13-rc1
 VERSIONS = ["v5.12", "series-v1", "v5.13-rc1", "v5.13", "v5.15", "v5.17", "v6.8", "v6.10", "v6.19"]
 # other names --old/--new accept: the newest kernel we model is current mainline
 ALIASES = {"mainline": "v6.19"}
 DEFAULT_OLD, DEFAULT_NEW = "v5.12", "v5.13"
 
-# Later generic layers (kvm_main_*.py), each applied on top of an arch's v5.13 gfn handlers:
-# version -> (module, class); each layer subclasses the one before (v5.15 < v5.17 < v6.8 <
-# v6.10 < v6.19).  An arch module may list commits after v5.13 that change its own handlers as
+# Later generic layers (kvm_main_*.py), each applied on top of an arch's base gfn handlers
+# (its v5.13 class, or the class an arch that came later names in BASE_HANDLERS, see
+# base_handlers): version -> (module, class); each layer subclasses the one before (v5.15 <
+# v5.17 < v6.8 < v6.10 < v6.19).  An arch module may list commits after v5.13 that change its own handlers as
 # LATER_OVERRIDES = [(release that merged it, mixin class), ...]; the release need not be one
 # of VERSIONS (arm64's v6.5 fix): a mixin applies to every listed version at or after it.
 GENERIC_LAYERS = {
@@ -65,6 +67,8 @@ ARCH_MODULES = {
     "ppc-hv-radix": "impls.ppc_book3s_hv",
     "ppc-pr": "impls.ppc_book3s_pr",
     "e500": "impls.ppc_e500",
+    "riscv-sv39": "impls.riscv",
+    "riscv-sv48": "impls.riscv",
 }
 
 
@@ -76,24 +80,54 @@ def _arch_models(arch: str) -> dict[str, tuple[type[Kvm], str]]:
             return {}
         raise
     have = dict(module.MODELS.get(arch, {}))
-    if "v5.13" in have:
+    base = base_handlers(arch, module, have)
+    if base is not None:
+        first, cls = base
         for version in GENERIC_LAYERS:
-            if version not in have:
+            if version not in have and _layer_applies(version, first):
                 aliases = [a for a, v in ALIASES.items() if v == version]
-                have[version] = (_layered(arch, version, have["v5.13"][0], module),
+                have[version] = (_layered(arch, version, cls, module, first),
                                  f"also named {', '.join(aliases)}" if aliases else "")
     return have
 
 
-def _layered(arch: str, version: str, base: type[Kvm], module) -> type[Kvm]:
-    """The arch's v5.13 handlers under a later generic layer, plus the arch's own later commits."""
+def base_handlers(arch: str, module, have: dict) -> tuple[str, type[Kvm]] | None:
+    """(first release, class) of the gfn handlers the later generic layers go over.
+
+    Every arch of the v5.13 series has its v5.13 class, from v5.13.  An arch that reached
+    mainline later, with the gfn handlers from its first release (RISC-V, v5.16), names its
+    class in the module's BASE_HANDLERS = {arch: (release, class)}: it has no v5.12 or v5.13
+    model, and only the layers of releases at or after its first get composed over it.  Why a
+    separate table rather than a fake "v5.13" entry: a v5.13 entry would make the registry
+    claim RISC-V models of v5.13 (and of series-v1 and v5.15), which never existed; and the v5.13
+    arches keep exactly the classes, names and layers they had."""
+    own = getattr(module, "BASE_HANDLERS", {}).get(arch)
+    if own is not None:
+        return own
+    if "v5.13" in have:
+        return "v5.13", have["v5.13"][0]
+    return None
+
+
+def _layer_applies(version: str, first: str) -> bool:
+    """Whether the generic layer of `version` goes over handlers first released in `first`:
+    series-v1 is a posting against v5.13's handlers, not a release, so it goes over v5.13
+    handlers only; a release layer goes over handlers released at or before it."""
+    if version == "series-v1":
+        return first == "v5.13"
+    return release_key(first) <= release_key(version)
+
+
+def _layered(arch: str, version: str, base: type[Kvm], module, first: str = "v5.13") -> type[Kvm]:
+    """The arch's base handlers under a later generic layer, plus the arch's own later commits."""
     key = (arch, version)
     if key not in _layered_cache:
         modname, clsname = GENERIC_LAYERS[version]
         layer = getattr(importlib.import_module(modname), clsname)
         extra = [m for first, m in getattr(module, "LATER_OVERRIDES", [])
                  if release_key(first) <= release_key(version) and version != "series-v1"]
-        name = base.__name__.replace("V5_13", "") + "V" + version.replace("v", "").replace(".", "_").replace("-", "_")
+        token = "V" + first.replace("v", "").replace(".", "_")
+        name = base.__name__.replace(token, "") + "V" + version.replace("v", "").replace(".", "_").replace("-", "_")
         cls = type(name, (*extra, layer, base), {
             "version": version, "__module__": base.__module__,
             "__doc__": f"{arch} at {version}: {layer.__name__} over {base.__name__}"
@@ -116,8 +150,43 @@ class ModelLoadError(Exception):
     """A model name that names nothing, or a candidate that cannot be loaded."""
 
 
-def implemented_arches() -> list[str]:
+def implemented_arches(*versions: str) -> list[str]:
+    """The arches with a model at every version named (a candidate `file.py:Class` counts as
+    present everywhere).  With no version named: at the default pair DEFAULT_OLD, DEFAULT_NEW,
+    which is what `run --arch all` runs by default; an arch that has no model there (RISC-V
+    starts at v5.16) is left out, see lacking() and default_pair()."""
+    versions = versions or (DEFAULT_OLD, DEFAULT_NEW)
+    return [a for a in ARCHES if _arch_models(a) and all(has(a, v) for v in versions)]
+
+
+def modelled_arches() -> list[str]:
+    """Every arch with a model at any version."""
     return [a for a in ARCHES if _arch_models(a)]
+
+
+def has(arch: str, version: str) -> bool:
+    """Whether `arch` has a model at `version` (aliases accepted; a candidate spec: True, its
+    class is checked when it is loaded)."""
+    if ":" in version:
+        return True
+    return canonical_version(version) in _arch_models(arch)
+
+
+def lacking(*versions: str) -> list[tuple[str, str]]:
+    """(arch, first version named that it has no model of) for every modelled arch that
+    implemented_arches(*versions) leaves out: what `run --arch all` skips, one note each."""
+    versions = versions or (DEFAULT_OLD, DEFAULT_NEW)
+    return [(a, next(v for v in versions if not has(a, v))) for a in modelled_arches()
+            if not all(has(a, v) for v in versions)]
+
+
+def default_pair(arch: str) -> tuple[str, str]:
+    """The versions to fuzz `arch` on when none are given: DEFAULT_OLD and DEFAULT_NEW where
+    the arch has both, else its first and its newest listed version (RISC-V: v5.17, v6.19)."""
+    if has(arch, DEFAULT_OLD) and has(arch, DEFAULT_NEW):
+        return DEFAULT_OLD, DEFAULT_NEW
+    vs = versions_for(arch)
+    return vs[0], vs[-1]
 
 
 def versions_for(arch: str) -> list[str]:
@@ -128,8 +197,8 @@ def versions_for(arch: str) -> list[str]:
 def check_arch(arch: str) -> str:
     if arch not in ARCHES:
         raise ModelLoadError(f"unknown arch {arch!r}; known: {', '.join(ARCHES)}")
-    if arch not in implemented_arches():
-        raise ModelLoadError(f"arch {arch!r} has no model yet; implemented: {', '.join(implemented_arches())}")
+    if arch not in modelled_arches():
+        raise ModelLoadError(f"arch {arch!r} has no model yet; implemented: {', '.join(modelled_arches())}")
     return arch
 
 
