@@ -39,7 +39,7 @@ from impls.machine import HostPageTable
 from impls.observation import Observation
 from impls.tasks import LockdepMap, RwSem, Scheduler
 from oracles.compare import INSTANT, MEMSLOTS, STATE, Divergence, Finding, SideResult, check_side, merge_findings
-from oracles.reference import expect
+from oracles.reference import covers_page, expect
 
 from .schedule import policy_for
 from .trace import (MAIN_TASK, TASK_ROLES, ChangePte, Event, FaultCommit, HostMap, InvalidateRangeEnd, InvalidateRangeStart,
@@ -250,7 +250,7 @@ def run_side(cls_make, events: list[Event], arch: str, apply_event) -> SideRun:
                 # oracles.reference.trace_contexts as this side ran it: a change_pte that no
                 # invalidation whose start has returned covers, while these faults are in flight
                 bare = (isinstance(ev, ChangePte)
-                        and not any(s <= ev.hva < e for _, s, e in model.host.open_invalidations))
+                        and not covers_page([(s, e) for _, s, e in model.host.open_invalidations], ev.hva))
                 in_flight = set(model.faults) if bare else set()
                 if dead[0]:
                     obs = model.obs

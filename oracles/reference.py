@@ -100,6 +100,13 @@ def expect(ev: Event, pre: State) -> Expectation | None:
     return Expectation(ev.op, segments, gfns, must_unmap, young, must_age)
 
 
+def covers_page(ranges, hva: int, page: int = 4096) -> bool:
+    """Does one of the (start, end) ranges cover the whole page of `hva`?  set_pte_at_notify
+    runs inside an invalidation of its page (fuzz/wellformed.py's bare-change_pte rule)."""
+    first = hva - hva % page
+    return any(s <= first and first + page <= e for s, e in ranges)
+
+
 def trace_contexts(events: list[Event]) -> list[frozenset[str]]:
     """Per event, what the trace did before it that a shape should name.
 
@@ -116,7 +123,7 @@ def trace_contexts(events: list[Event]) -> list[frozenset[str]]:
             open_ranges.append((ev.start, ev.end))
         elif isinstance(ev, InvalidateRangeEnd) and (ev.start, ev.end) in open_ranges:
             open_ranges.remove((ev.start, ev.end))
-        elif isinstance(ev, ChangePte) and not any(s <= ev.hva < e for s, e in open_ranges):
+        elif isinstance(ev, ChangePte) and not covers_page(open_ranges, ev.hva):
             tagged |= in_flight
         elif isinstance(ev, FaultBegin):
             in_flight.add(ev.fault)
