@@ -9,7 +9,9 @@ path (v5.12 and v5.13 virt/kvm/kvm_main.c __kvm_set_memory_region agree on these
 from __future__ import annotations
 
 import errno
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 
 PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT
@@ -243,21 +245,103 @@ class HostPte:
     level: int = LEVEL_4K
 
 
+@dataclass(frozen=True)
+class HostExtent:
+    """A run of host pages [hva, hva_end) mapped to consecutive pfns from `pfn`, all with the
+    same writability and mapping level: what HostPageTable keeps instead of one entry per page.
+    A LEVEL_4K extent of many pages stands for that many 4K ptes."""
+    hva: int
+    hva_end: int
+    pfn: int
+    writable: bool
+    level: int
+
+    def pte(self, hva: int, page_shift: int = PAGE_SHIFT) -> HostPte:
+        """The pte of the page holding `hva` (which must lie in this extent)."""
+        return HostPte(self.pfn + ((hva - self.hva) >> page_shift), self.writable, self.level)
+
+
 class HostPageTable:
-    """The primary MMU: hva page -> HostPte."""
+    """The primary MMU: hva page -> HostPte, kept as sorted, disjoint extents (HostExtent), so
+    the cost of a mapping does not grow with its size (a 16 TiB host_map is one extent).
+    Neighbouring extents that continue each other (next pfn, same writability and level) are
+    kept merged.
+
+    Every answer is the one a table of one HostPte per base page would give: `lookup` returns
+    the pte of one page, `map` and `set_pte` change pages exactly as before, including the split
+    of a huge frame partly changed (`_split_around`).  Which pages two separate mappings came
+    from is not kept (nor was it before): two 2M mappings with consecutive pfns read as one
+    4M run of 2M pages, exactly as their per-page ptes did."""
 
     def __init__(self, page_shift: int = PAGE_SHIFT):
         self.page_shift = page_shift
-        self.ptes: dict[int, HostPte] = {}
+        # sorted by page; _starts[i] == _ext[i][0]; each extent (first page, end page, pfn of
+        # the first page, writable, level), end exclusive, none overlapping
+        self._starts: list[int] = []
+        self._ext: list[tuple[int, int, int, bool, int]] = []
         # the mm's invalidations whose range_start has returned and whose range_end has not
         # begun, as (task, start, end): no secondary MMU may map their pages then (task mode)
         self.open_invalidations: list[tuple[str, int, int]] = []
         # tasks from their call of range_start to the return of the matching range_end
         self.invalidating: list[str] = []
 
-    def lookup(self, hva: int) -> HostPte | None:
-        return self.ptes.get(hva >> self.page_shift)
+    # ----- queries ------------------------------------------------------------------------
+    def _pte_at_page(self, page: int) -> HostPte | None:
+        i = bisect_right(self._starts, page) - 1
+        if i >= 0:
+            s, e, pfn, writable, level = self._ext[i]
+            if page < e:
+                return HostPte(pfn + page - s, writable, level)
+        return None
 
+    def lookup(self, hva: int) -> HostPte | None:
+        """The pte of the base page holding `hva`, or None.  O(log extents)."""
+        return self._pte_at_page(hva >> self.page_shift)
+
+    def _overlapping(self, first: int, end: int) -> range:
+        """Indices of the extents that meet pages [first, end)."""
+        lo = bisect_right(self._starts, first) - 1
+        if lo < 0 or self._ext[lo][1] <= first:
+            lo += 1
+        return range(lo, bisect_left(self._starts, end))
+
+    def present_in(self, start: int, end: int) -> bool:
+        """Is some page meeting the hva range [start, end) present?  (Pages are whole: an
+        unaligned range meets the pages it touches.)"""
+        if start >= end:
+            return False
+        first = start >> self.page_shift
+        last = (end - 1) >> self.page_shift
+        return bool(self._overlapping(first, last + 1))
+
+    def extents(self, start: int = 0, end: int | None = None) -> list[HostExtent]:
+        """The present extents meeting the hva range [start, end) (every one when end is
+        None), in hva order, clipped to the pages that meet the range."""
+        shift = self.page_shift
+        if end is None:
+            idx = range(len(self._ext))
+            first, stop = 0, None
+        else:
+            if start >= end:
+                return []
+            first, stop = start >> shift, ((end - 1) >> shift) + 1
+            idx = self._overlapping(first, stop)
+        out = []
+        for i in idx:
+            s, e, pfn, writable, level = self._ext[i]
+            cs = max(s, first)
+            ce = e if stop is None else min(e, stop)
+            out.append(HostExtent(cs << shift, ce << shift, pfn + cs - s, writable, level))
+        return out
+
+    @property
+    def ptes(self) -> MappingProxyType:
+        """Page number -> HostPte for every present page, read-only and as large as the mapping
+        (for tests and debugging; nothing else uses it).  Change pages through map/set_pte."""
+        return MappingProxyType({p: HostPte(pfn + p - s, w, lv)
+                                 for s, e, pfn, w, lv in self._ext for p in range(s, e)})
+
+    # ----- changes -------------------------------------------------------------------------
     def map(self, hva: int, size: int, pfn: int | None, page_size: int, writable: bool) -> None:
         """Map [hva, hva+size) to consecutive pfns from `pfn` with backing page size
         `page_size`, or unmap it when pfn is None.  Huge backing needs hva, size and pfn
@@ -273,33 +357,74 @@ class HostPageTable:
         first = hva >> self.page_shift
         count = size >> self.page_shift
         self._split_around(first, count, level)
-        if pfn is None:
-            for page in range(first, first + count):
-                self.ptes.pop(page, None)
-        else:
-            self.ptes.update(zip(range(first, first + count),
-                                 (HostPte(pfn + i, writable, level) for i in range(count))))
+        if count <= 0:
+            return            # nothing mapped or unmapped (a split above may still happen)
+        self._put(first, first + count, None if pfn is None else (first, first + count, pfn, writable, level))
 
     def set_pte(self, hva: int, pfn: int, writable: bool) -> None:
         """set_pte_at for one base page (what change_pte accompanies); a 4K pte."""
-        self._split_around(hva >> self.page_shift, 1, LEVEL_4K)
-        self.ptes[hva >> self.page_shift] = HostPte(pfn, writable, LEVEL_4K)
+        page = hva >> self.page_shift
+        self._split_around(page, 1, LEVEL_4K)
+        self._put(page, page + 1, (page, page + 1, pfn, writable, LEVEL_4K))
+
+    def _put(self, first: int, end: int, new: tuple | None, keep=None) -> None:
+        """Replace whatever maps pages [first, end) by `new` (None: nothing).  `keep(ext)` may
+        give, for each overlapped extent, the pieces inside [first, end) to put back instead."""
+        idx = self._overlapping(first, end)
+        pieces = []
+        for i in idx:
+            s, e, pfn, writable, level = self._ext[i]
+            if s < first:
+                pieces.append((s, first, pfn, writable, level))
+            if keep is not None:
+                pieces += keep((max(s, first), min(e, end), pfn + max(s, first) - s, writable, level))
+            if end < e:
+                pieces.append((end, e, pfn + end - s, writable, level))
+        if new is not None:
+            pieces.append(new)
+        # the neighbours too, so that runs of pages that agree stay one extent
+        lo, hi = max(idx.start - 1, 0), min(idx.stop + 1, len(self._ext))
+        pieces += self._ext[lo:idx.start] + self._ext[idx.stop:hi]
+        pieces.sort()
+        merged: list[tuple[int, int, int, bool, int]] = []
+        for p in pieces:
+            if p[0] >= p[1]:
+                continue
+            if merged:
+                q = merged[-1]
+                if q[1] == p[0] and q[2] + (q[1] - q[0]) == p[2] and q[3:] == p[3:]:
+                    merged[-1] = (q[0], p[1], q[2], q[3], q[4])
+                    continue
+            merged.append(p)
+        self._ext[lo:hi] = merged
+        self._starts[lo:hi] = [p[0] for p in merged]
 
     def _split_around(self, first: int, count: int, new_level: int) -> None:
         """Changing part of a huge mapping splits it first (split_huge_pmd/pud): the pages
-        of a huge frame left outside the change become 4K ptes with their pfns."""
+        of a huge frame left outside the change become 4K ptes with their pfns.
+
+        Page for page what the table of one HostPte per page did: per level (2M, then 1G)
+        and per frame of that level meeting the change, if the frame's head page is present
+        at that level or above, its pages at that level or above outside the change become
+        4K.  Only the frames holding the change's first and last page can have pages outside
+        it.  As before, a head already made 4K by the 2M pass leaves its 1G frame unsplit
+        (a change in the first 2M of a 1G mapping splits that 2M only; the rest stays 1G)."""
+        end = first + count
         for level in (LEVEL_2M, LEVEL_1G):
             if level <= new_level:
                 continue
             n = LEVEL_PAGE_SIZE[level] >> self.page_shift
-            for frame in range(first - first % n, first + count, n):
-                head = self.ptes.get(frame)
+            every = range(first - first % n, end, n)
+            for frame in sorted({every[0], every[-1]} if every else ()):
+                head = self._pte_at_page(frame)
                 if head is None or head.level < level:
                     continue      # huge mappings are frame aligned: the head tells
-                for page in range(frame, frame + n):
-                    pte = self.ptes.get(page)
-                    if pte is not None and pte.level >= level and not first <= page < first + count:
-                        self.ptes[page] = HostPte(pte.pfn, pte.writable, LEVEL_4K)
+                outside = (((frame, min(first, frame + n)), (max(end, frame), frame + n)) if first < end
+                           else ((frame, frame + n),))
+                for lo, hi in outside:
+                    if lo < hi:
+                        self._put(lo, hi, None, keep=lambda p, lv=level: [
+                            p if p[4] < lv else (p[0], p[1], p[2], p[3], LEVEL_4K)])
 
 
 @dataclass

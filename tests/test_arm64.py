@@ -361,8 +361,7 @@ def test_fault_block_rules():
         for cls in BOTH:
             _, obs = run_model(cls, setup + fault(0, gfn))
             assert [(x.gfn, x.level, x.pfn) for x in obs[-1].installed] == [want], (setup, gfn)
-    # 1G hugetlb backing.  Mapping a whole 1G host page costs 262144 host ptes per run, so
-    # only the pte the fault reads (host_pfn at the faulting hva) is planted here.
+    # 1G hugetlb backing: the whole 1G host page (one extent in the host page table)
     one_g = [
         # slot 1G aligned and 1G long -> PUD block at the rounded-down IPA
         (slot(0, 0, 0x40000, 0x40000, HVA), (0x40000, LEVEL_1G, 0x80000)),
@@ -372,7 +371,8 @@ def test_fault_block_rules():
     for setup, want in one_g:
         for cls in BOTH:
             m, _ = run_model(cls, [setup])
-            m.host.ptes[(HVA >> 12) + 5] = HostPte(0x80005, True, LEVEL_1G)
+            m.host.map(HVA, 1 << 30, 0x80000, 1 << 30, True)
+            assert m.host.lookup(HVA + 5 * 4096) == HostPte(0x80005, True, LEVEL_1G)
             obs = [apply_event(m, e) for e in fault(0, 0x40005)]
             assert [(x.gfn, x.level, x.pfn) for x in obs[-1].installed] == [want]
 
