@@ -116,12 +116,20 @@ def lost_race(host: HostPageTable, ev: Event) -> str | None:
     already present (another thread populated it first) changes nothing and notifies nobody,
     and set_pte_at_notify replaces only a present pte."""
     if isinstance(ev, HostMap):
-        first, count = ev.hva >> host.page_shift, ev.size >> host.page_shift
-        for page in range(first, first + count):
-            hva = page << host.page_shift
-            if host.lookup(hva) is not None and not any(
-                    s <= hva and hva + (1 << host.page_shift) <= e for _, s, e in host.open_invalidations):
-                return f"host page {hva:#x} is already present and no invalidation of it is open: " \
+        shift = host.page_shift
+        first, count = ev.hva >> shift, ev.size >> shift
+        # the pages an open invalidation covers whole, as page-number intervals
+        covered = [(-(-s >> shift), e >> shift) for _, s, e in host.open_invalidations]
+        for ext in host.extents(first << shift, (first + count) << shift):
+            page, end = ext.hva >> shift, ext.hva_end >> shift
+            moved = True
+            while moved and page < end:      # the first present page no invalidation covers
+                moved = False
+                for lo, hi in covered:
+                    if lo <= page < hi:
+                        page, moved = hi, True
+            if page < end:
+                return f"host page {page << shift:#x} is already present and no invalidation of it is open: " \
                        "another thread populated it first"
     if isinstance(ev, ChangePte) and host.lookup(ev.hva) is None:
         return f"host page {ev.hva:#x} is not present: there is no pte for set_pte_at_notify to replace"
