@@ -17,6 +17,7 @@ only with `strict=True`, and what needs them is tagged elsewhere (fuzz.reachabil
 """
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 from typing import Callable, NoReturn
 
@@ -28,8 +29,69 @@ P = 4096
 PAGE_SIZES = (4096, 2 << 20, 1 << 30)
 PMD = 2 << 20
 USER_VA_END = 1 << 57           # above every arch's user address space (x86 LA57: 56 bits)
-MAX_HOST_MAP = 1 << 30          # one host_map event maps at most 1 GiB (a model limit)
 RANGE_TYPES = (InvalidateRangeStart, InvalidateRangeEnd, ClearFlushYoung, ClearYoung)
+
+
+class PageRuns:
+    """A set of host page numbers kept as sorted, disjoint, merged runs [lo, hi), so a mapping
+    of any size costs one run (the models' host page table is kept the same way)."""
+
+    def __init__(self) -> None:
+        self._lo: list[int] = []
+        self._hi: list[int] = []
+
+    def runs(self, lo: int = 0, hi: int | None = None) -> list[tuple[int, int]]:
+        """The runs meeting pages [lo, hi), clipped to it (every run when hi is None)."""
+        if hi is None:
+            return list(zip(self._lo, self._hi))
+        i = max(bisect_right(self._lo, lo) - 1, 0)
+        out = []
+        while i < len(self._lo) and self._lo[i] < hi:
+            if self._hi[i] > lo:
+                out.append((max(self._lo[i], lo), min(self._hi[i], hi)))
+            i += 1
+        return out
+
+    def __contains__(self, page: int) -> bool:
+        i = bisect_right(self._lo, page) - 1
+        return i >= 0 and page < self._hi[i]
+
+    def __len__(self) -> int:
+        return sum(h - l for l, h in zip(self._lo, self._hi))
+
+    def __bool__(self) -> bool:
+        return bool(self._lo)
+
+    def intersects(self, lo: int, hi: int) -> bool:
+        return lo < hi and bool(self.runs(lo, hi))
+
+    def _replace(self, lo: int, hi: int, keep: bool) -> None:
+        """Pages [lo, hi) become present (keep) or absent."""
+        if lo >= hi:
+            return
+        i = bisect_left(self._hi, lo)              # first run that ends at or after lo
+        j = bisect_right(self._lo, hi)             # runs from j on start after hi
+        new_lo, new_hi = [], []
+        if keep:
+            # merge with every run touching [lo, hi], ends included
+            if i < j:
+                lo, hi = min(lo, self._lo[i]), max(hi, self._hi[j - 1])
+            new_lo, new_hi = [lo], [hi]
+        else:
+            for k in range(i, j):
+                if self._lo[k] < lo:
+                    new_lo.append(self._lo[k])
+                    new_hi.append(lo)
+                if self._hi[k] > hi:
+                    new_lo.append(hi)
+                    new_hi.append(self._hi[k])
+        self._lo[i:j], self._hi[i:j] = new_lo, new_hi
+
+    def add(self, lo: int, hi: int) -> None:
+        self._replace(lo, hi, True)
+
+    def remove(self, lo: int, hi: int) -> None:
+        self._replace(lo, hi, False)
 
 
 @dataclass
@@ -38,7 +100,7 @@ class WalkState:
     source: str = "<trace>"
     open_ranges: list[tuple[int, int, bool]] = field(default_factory=list)   # start, end, blockable
     faults: set[int] = field(default_factory=set)
-    host_pages: set[int] = field(default_factory=set)
+    host_pages: PageRuns = field(default_factory=PageRuns)    # mapped host pages (numbers)
     released: int | None = None         # index of the release event, once there is one
     range_tasks: list[tuple[str, int, int]] = field(default_factory=list)     # task, start, end
     fault_tasks: dict[int, str] = field(default_factory=dict)
@@ -52,10 +114,24 @@ class WalkState:
         return any(s <= page * P and (page + 1) * P <= e for s, e, _ in self.open_ranges)
 
     def mapped_in(self, start: int, end: int) -> bool:
-        """Does [start, end) intersect a mapped host page?"""
-        if end - start > len(self.host_pages) * P:
-            return any(start < (p + 1) * P and p * P < end for p in self.host_pages)
-        return any(p in self.host_pages for p in range(start // P, (end + P - 1) // P))
+        """Does [start, end) intersect a mapped host page?  (As the page walk did: the pages
+        from start's to the one holding end - 1; an empty range at an unaligned address reads
+        the page it lies in.)"""
+        return self.host_pages.intersects(start // P, (end + P - 1) // P)
+
+    def first_uncovered(self, lo: int, hi: int) -> int | None:
+        """The first mapped host page in pages [lo, hi) no open invalidation covers, or None."""
+        covered = [(-(-s // P), e // P) for s, e, _ in self.open_ranges]
+        for page, end in self.host_pages.runs(lo, hi):
+            moved = True
+            while moved and page < end:
+                moved = False
+                for c_lo, c_hi in covered:
+                    if c_lo <= page < c_hi:
+                        page, moved = c_hi, True
+            if page < end:
+                return page
+        return None
 
 
 Rule = Callable[[WalkState, int, Event], None]
@@ -103,25 +179,23 @@ def _rule_host_page_size(st: WalkState, i: int, ev: Event) -> None:
 
 
 def _rule_host_map_bounds(st: WalkState, i: int, ev: Event) -> None:
-    """A host mapping lies in the user address space.  Also a model limit: the host page table
-    model keeps one entry per 4K page, so one host_map maps at most 1 GiB."""
+    """A host mapping lies in the user address space: hva + size stays below the top of the
+    largest user address space of any arch (x86 LA57).  No limit on the size itself: the
+    models keep host mappings as extents, so a 16 TiB mapping costs what a 4K one does."""
     if not isinstance(ev, HostMap):
         return
     if ev.hva + ev.size > USER_VA_END:
         st.fail(i, ev, "size", f"[{ev.hva:#x}, +{ev.size:#x}) ends above the user address space")
-    if ev.size > MAX_HOST_MAP:
-        st.fail(i, ev, "size", f"{ev.size:#x} is more than 1 GiB (the models keep one entry per "
-                "4K host page)")
 
 
 def _rule_host_change_inside_invalidation(st: WalkState, i: int, ev: Event) -> None:
     """The mm changes or removes a present host page only inside an invalidation of it."""
     if not isinstance(ev, HostMap):
         return
-    for page in range(ev.hva // P, (ev.hva + ev.size) // P):
-        if page in st.host_pages and not st.covered(page):
-            st.fail(i, ev, "hva", f"changes the mapped host page {page * P:#x} outside any "
-                    "invalidation of it (the mm always invalidates first)")
+    page = st.first_uncovered(ev.hva // P, (ev.hva + ev.size) // P)
+    if page is not None:
+        st.fail(i, ev, "hva", f"changes the mapped host page {page * P:#x} outside any "
+                "invalidation of it (the mm always invalidates first)")
 
 
 def _rule_change_pte_present(st: WalkState, i: int, ev: Event) -> None:
@@ -283,11 +357,11 @@ def _track_faults(st: WalkState, ev: Event) -> None:
 
 def _track_host_pages(st: WalkState, ev: Event) -> None:
     if isinstance(ev, HostMap):
-        pages = range(ev.hva // P, (ev.hva + ev.size) // P)
+        lo, hi = ev.hva // P, (ev.hva + ev.size) // P
         if ev.pfn is None:
-            st.host_pages.difference_update(pages)
+            st.host_pages.remove(lo, hi)
         else:
-            st.host_pages.update(pages)
+            st.host_pages.add(lo, hi)
 
 
 def _track_release(st: WalkState, ev: Event) -> None:
