@@ -86,6 +86,30 @@ class Memslot:
                 f"hva[{self.hva_start:#x},{self.hva_end:#x})")
 
 
+class SlotList(list):
+    """Memslots.all(): the slots, address space 0 first, each in kernel array order, shared by
+    every snapshot taken while the memslots stay the same (treat it as read-only).  It carries
+    an index of the slots by hva, built on first use and living as long as the memslot set."""
+
+    _hva: tuple | None = None
+
+    def overlapping_hva(self, start: int, end: int) -> list[Memslot]:
+        """The slots (with pages) whose hvas meet [start, end), in hva-start order: bisect on
+        the sorted starts, then a scan from the first slot whose end (running maximum) passes
+        `start` (output-sensitive: no walk over slots wholly before or after the range)."""
+        if self._hva is None:
+            by_start = sorted((s for s in self if s.npages), key=lambda s: (s.hva_start, s.as_id, s.id))
+            reach, top = [], -1
+            for s in by_start:
+                top = max(top, s.hva_end)
+                reach.append(top)
+            self._hva = ([s.hva_start for s in by_start], reach, by_start)
+        starts, reach, by_start = self._hva
+        k = bisect_left(starts, end)
+        j = bisect_right(reach, start, 0, k)
+        return [s for s in by_start[j:k] if s.hva_end > start]
+
+
 @dataclass
 class MemslotChange:
     """What __kvm_set_memory_region decided: KVM_MR_CREATE, DELETE, MOVE, FLAGS_ONLY or nothing."""
@@ -111,13 +135,26 @@ class Memslots:
         # order of v5.17's hva interval tree (in_hva_range)
         self._inserted: dict[tuple[int, int], int] = {}
         self._insertions = 0
+        # views of the slots built on first use and dropped on every change (_changed): the
+        # kernel keeps its arrays and trees across walks the same way
+        self._views: dict = {}
+
+    def _changed(self) -> None:
+        self._views.clear()
+
+    def _view(self, key, build):
+        v = self._views.get(key)
+        if v is None:
+            v = self._views[key] = build()
+        return v
 
     def in_as(self, as_id: int) -> list[Memslot]:
         """Slots of one address space in kvm_for_each_memslot order.
 
         v5.12 virt/kvm/kvm_main.c update_memslots keeps the array sorted by base_gfn,
         highest first; v5.13 is the same (the gfn tree arrives in v5.17)."""
-        return sorted(self._by_as[as_id].values(), key=lambda s: (-s.base_gfn, s.id))
+        return list(self._view(("as", as_id), lambda: sorted(self._by_as[as_id].values(),
+                                                              key=lambda s: (-s.base_gfn, s.id))))
 
     def in_hva_range(self, as_id: int, start: int, last: int) -> list[Memslot]:
         """Slots of one address space whose hvas meet the inclusive range [start, last], in
@@ -128,23 +165,47 @@ class Memslots:
         i.e. by hva start, and include/linux/interval_tree_generic.h inserts an equal start to
         the right, so slots with the same start come oldest insertion first.  A plain scan
         sorted that way gives the same hits in the same order as the tree."""
-        hits = [s for s in self._by_as[as_id].values()
-                if s.npages and s.hva_start <= last and start <= s.hva_end - 1]
-        return sorted(hits, key=lambda s: (s.hva_start, self._inserted.get(s.key, 0)))
+        # the tree as a sorted array: hva start, then insertion; a running maximum of the ends
+        # lets the scan start at the first slot that can reach `start` (an output-sensitive
+        # walk, as the tree's)
+        def build():
+            order = sorted((s for s in self._by_as[as_id].values() if s.npages),
+                           key=lambda s: (s.hva_start, self._inserted.get(s.key, 0)))
+            reach, top = [], -1
+            for s in order:
+                top = max(top, s.hva_end - 1)
+                reach.append(top)
+            return [s.hva_start for s in order], reach, order
+        starts, reach, order = self._view(("hva", as_id), build)
+        k = bisect_right(starts, last)
+        j = bisect_left(reach, start, 0, k)
+        return [s for s in order[j:k] if start <= s.hva_end - 1]
 
     def _insert(self, slot: Memslot) -> None:
+        self._changed()
         self._insertions += 1
         self._inserted[slot.key] = self._insertions
 
-    def all(self) -> list[Memslot]:
-        """Every slot, address space 0 first, each in kernel array order."""
-        return [s for a in range(self.address_space_num) for s in self.in_as(a)]
+    def all(self) -> SlotList:
+        """Every slot, address space 0 first, each in kernel array order: one SlotList shared
+        until the memslots change (read-only for its users)."""
+        return self._view("all", lambda: SlotList(s for a in range(self.address_space_num)
+                                                  for s in self.in_as(a)))
 
     def find_gfn(self, as_id: int, gfn: int) -> Memslot | None:
-        for s in self._by_as[as_id].values():
-            if s.has_gfn(gfn):
-                return s
-        return None
+        """The slot of one address space holding gfn: a binary search over the slots sorted by
+        base_gfn, as v5.12 search_memslots does (the slots of an address space never share a
+        gfn; were two to, the scan in insertion order the model used before decides)."""
+        def build():
+            order = sorted(self._by_as[as_id].values(), key=lambda s: s.base_gfn)
+            disjoint = all(a.gfn_end <= b.base_gfn for a, b in zip(order, order[1:]))
+            return ([s.base_gfn for s in order], order) if disjoint else None
+        index = self._view(("gfn", as_id), build)
+        if index is None:
+            return next((s for s in self._by_as[as_id].values() if s.has_gfn(gfn)), None)
+        starts, order = index
+        i = bisect_right(starts, gfn) - 1
+        return order[i] if i >= 0 and order[i].has_gfn(gfn) else None
 
     def set_user_memory_region(self, as_id: int, slot_id: int, flags: int,
                                guest_phys_addr: int, memory_size: int,
@@ -156,6 +217,7 @@ class Memslots:
 
     def mark_invalid(self, slot: Memslot) -> None:
         """Publish the copy of `slot` flagged KVM_MEMSLOT_INVALID (DELETE/MOVE, first install)."""
+        self._changed()
         self._by_as[slot.as_id][slot.id] = replace(slot, flags=slot.flags | KVM_MEMSLOT_INVALID)
         self._insert(slot)
 
@@ -164,6 +226,7 @@ class Memslots:
         if change.kind == "none":
             return
         if change.kind == "delete":
+            self._changed()
             self._by_as[change.old.as_id].pop(change.old.id, None)
             self._inserted.pop(change.old.key, None)
         else:

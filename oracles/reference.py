@@ -14,12 +14,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from intervaltree import IntervalTree
-
 from language.trace import (ChangePte, ClearFlushYoung, ClearYoung, Event, FaultBegin, FaultCommit,
                         InvalidateRangeEnd, InvalidateRangeStart, TestYoung, notifier_range)
 from impls.kvm import State
-from impls.machine import Leaf
+from impls.machine import Leaf, SlotList
 
 from .gfnset import GfnSet
 
@@ -55,14 +53,12 @@ def range_segments(state: State, start: int, end: int) -> list[Segment]:
     """Per slot, the gfns of the pages intersecting [start, end)."""
     if start >= end:
         return []
-    tree = IntervalTree()
-    for slot in state.slots:
-        if slot.npages:
-            tree[slot.hva_start:slot.hva_end] = slot
+    # the slots' hva index lives on the snapshot's SlotList, shared by every snapshot of the
+    # same memslots (built once per memslot set, not per event); a State made by hand gets one
+    slots = state.slots if isinstance(state.slots, SlotList) else SlotList(state.slots)
     page = 1 << state.page_shift
     out = []
-    for iv in tree.overlap(start, end):
-        slot = iv.data
+    for slot in slots.overlapping_hva(start, end):
         first = slot.hva_to_gfn(max(start, slot.hva_start))
         last = slot.hva_to_gfn(min(end, slot.hva_end) - 1)
         out.append(Segment(slot.as_id, slot.id, first, last + 1))
