@@ -13,6 +13,7 @@ replay mismatch), 2 usage or input error (one line on stderr, no traceback).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import random
@@ -167,6 +168,17 @@ def cmd_run(args) -> int:
     if interrupted:
         return lifetime.exit_code()     # 130 SIGINT, 143 SIGTERM: summary and report are written
     return 1 if doc["totals"]["new_divergences"] else 0
+
+
+ATHERIS_MISSING = ("needs the atheris package, which is not installed: pip install 'memslot-fuzz[atheris]' "
+                   "(libFuzzer wheels exist for Linux); the random, hypothesis and exhaustive engines "
+                   "need nothing more")
+
+
+def check_atheris(what: str) -> None:
+    """The coverage-guided engine is an optional extra: say so in one line when it is missing."""
+    if importlib.util.find_spec("atheris") is None:
+        raise UsageError(f"{what} {ATHERIS_MISSING}")
 
 
 def check_candidate_engine(args) -> None:
@@ -592,6 +604,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if (args.cmd == "run" and args.engine == "atheris") or args.cmd == "ci":
+            if not (is_candidate(args.old) or is_candidate(args.new)):   # that refusal says more
+                check_atheris("--engine atheris" if args.cmd == "run" else "ci")
         check_outputs(args)     # numbers are checked by their argparse types
         code = {"list": cmd_list, "run": cmd_run, "replay": cmd_replay, "show": cmd_show,
                 "ci": cmd_ci, "explore": cmd_explore}[args.cmd](args)

@@ -3,6 +3,6 @@
 if [ ! -x .venv/bin/memslot-fuzz ] || [ pyproject.toml -nt .venv/.installed ]; then
   echo "setting up .venv from pyproject.toml ..." >&2
   python3 -m venv .venv
-  .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
+  .venv/bin/python -m pip install --quiet --disable-pip-version-check -e '.[test,atheris]'
   touch .venv/.installed
 fi

@@ -147,6 +147,22 @@ def test_atheris_refuses_a_candidate_it_cannot_contain(tmp_path, capsys):
     assert rc == 2 and "\n" not in err and "atheris cannot run a candidate" in err
 
 
+@pytest.mark.parametrize("argv", [
+    ["run", "--arch", "mips", "--engine", "atheris", "--max-time", "5", "--quiet"],
+    ["ci", "--mode", "code-change", "--arch", "mips", "--seconds", "5", "--quiet"],
+])
+def test_the_atheris_engine_is_an_optional_extra_named_in_one_line(argv, tmp_path, capsys, monkeypatch):
+    # installed without the extra (e.g. on macOS or arm64, where atheris has no wheel)
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "atheris" else real(name, *a))
+    monkeypatch.chdir(tmp_path)
+    rc = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and "\n" not in err and "pip install 'memslot-fuzz[atheris]'" in err
+    assert not (tmp_path / "memslot-fuzz-out").exists()
+
+
 @pytest.mark.parametrize("engine", ["hypothesis"])
 def test_other_engines_catch_the_off_by_one(tmp_path, engine):
     cand = tmp_path / "my_patch.py"
