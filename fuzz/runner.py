@@ -141,17 +141,22 @@ def run_trace(events: list[Event], arch: str, old: Side, new: Side, known: list[
     seen: set[str] = set()
     dead = {"old": False, "new": False}
     contexts = trace_contexts(events)
+    post_o = post_n = None
     for i, ev in enumerate(events):
         context = contexts[i]
-        pre_o, pre_n = m_old.snapshot(), m_new.snapshot()
+        # nothing runs between one event's end and the next one's start: the state after an
+        # event is the state before the next (States are read-only to the oracles)
+        pre_o = post_o if post_o is not None else m_old.snapshot()
+        pre_n = post_n if post_n is not None else m_new.snapshot()
         obs_o = apply_event(m_old, ev) if not dead["old"] else Observation(ev.op)
         obs_n = apply_event(m_new, ev) if not dead["new"] else Observation(ev.op)
         res.events += 1
         if keep_observations:
             res.observations.append((obs_o, obs_n))
         exp_o, exp_n = expect(ev, pre_o), expect(ev, pre_n)
-        divs = compare_event(i, ev, exp_o, SideResult(pre_o, m_old.snapshot(), obs_o, m_old.host),
-                             exp_n, SideResult(pre_n, m_new.snapshot(), obs_n, m_new.host), context)
+        post_o, post_n = m_old.snapshot(), m_new.snapshot()
+        divs = compare_event(i, ev, exp_o, SideResult(pre_o, post_o, obs_o, m_old.host),
+                             exp_n, SideResult(pre_n, post_n, obs_n, m_new.host), context)
         dead["old"] |= bool(obs_o.crashed)
         dead["new"] |= bool(obs_n.crashed)
         for d in divs:

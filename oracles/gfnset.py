@@ -44,21 +44,23 @@ class GfnSet:
         return GfnSet(self.spans() + other.spans())
 
     def __sub__(self, other: "GfnSet") -> "GfnSet":
+        # both sides are sorted, merged runs: one sweep per address space
         out = []
-        for a, s, e in self.spans():
-            pieces = [(s, e)]
-            for os_, oe in other._runs.get(a, ()):
-                nxt = []
-                for ps, pe in pieces:
-                    if oe <= ps or pe <= os_:
-                        nxt.append((ps, pe))
-                        continue
-                    if ps < os_:
-                        nxt.append((ps, os_))
-                    if oe < pe:
-                        nxt.append((oe, pe))
-                pieces = nxt
-            out += [(a, ps, pe) for ps, pe in pieces]
+        for a, runs in self._runs.items():
+            cut = other._runs.get(a, ())
+            k = 0
+            for s, e in runs:
+                while k < len(cut) and cut[k][1] <= s:
+                    k += 1                     # cuts wholly before this run never matter again
+                j = k
+                while j < len(cut) and cut[j][0] < e:
+                    cs, ce = cut[j]
+                    if s < cs:
+                        out.append((a, s, cs))
+                    s = max(s, ce)
+                    j += 1
+                if s < e:
+                    out.append((a, s, e))
         return GfnSet(out)
 
     def __and__(self, other: "GfnSet") -> "GfnSet":

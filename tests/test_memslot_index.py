@@ -76,3 +76,17 @@ def test_hva_index_finds_what_the_interval_tree_found():
             want = {iv.data for iv in tree.overlap(start, end)}
             got = slots.overlapping_hva(start, end)
             assert set(got) == want and len(got) == len(want)
+
+
+def test_gfnset_difference_by_sweep_matches_page_sets():
+    from oracles.gfnset import GfnSet
+    rng = random.Random(8)
+    for _ in range(300):
+        def spans():
+            return [(rng.randrange(2), s, s + rng.randrange(0, 9)) for s in
+                    (rng.randrange(60) for _ in range(rng.randrange(0, 7)))]
+        a, b = GfnSet(spans()), GfnSet(spans())
+        pages = lambda g: {(x, p) for x, s, e in g.spans() for p in range(s, e)}
+        assert pages(a - b) == pages(a) - pages(b)
+        assert pages(a & b) == pages(a) & pages(b)
+        assert a - b == GfnSet((x, p, p + 1) for x, p in pages(a) - pages(b))
