@@ -161,7 +161,7 @@ def cmd_run(args) -> int:
             write_report(args, json.dumps(doc, indent=2) + "\n")
         except output.OutputError as e:
             failed = failed or e
-    report.print_summary(doc, sys.stdout)
+    report.print_summary(doc, sys.stdout, verbose=args.verbose)
     if failed is not None:
         print(f"memslot-fuzz: {failed}", file=sys.stderr)
         return 2
@@ -495,6 +495,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="directory for minimized divergences (created if needed; checked before the run)")
     r.add_argument("--max-events", type=argtypes.int_range(3, why="the shortest generated trace"), default=40,
                    help="longest generated trace (at least 3)")
+    r.add_argument("--verbose", action="store_true",
+                   help="the summary lists every known divergence with its files (by default one line "
+                        "per class; NEW ones are always shown in full)")
     r.add_argument("--tasks", action="store_true",
                    help="generate traces of several kernel tasks with schedules (on by default when a "
                         "version needs real locks: series-v1 and v5.15 onwards)")

@@ -186,8 +186,10 @@ def console_progress(res: JobResult, what: str) -> None:
     if what == "found":
         d = res.divergences[-1]
         tag = "known" if d.known else "NEW"
+        n = len(d.trace)
         print(f"  [{j.arch} {j.old.name}..{j.new.name}] {tag} {d.cls} ({d.wrong_side} wrong) at "
-              f"{d.op}, {len(d.trace)} events -> {res.saved[d.signature]}", file=sys.stderr, flush=True)
+              f"{d.op}: {d.shape}, {n} event{'' if n == 1 else 's'} -> {res.saved[d.signature]}",
+              file=sys.stderr, flush=True)
         return
     rate = res.events / res.seconds if res.seconds else 0.0
     new = sum(not d.known for d in res.divergences)

@@ -13,6 +13,7 @@ names, candidate specs or fuzz.runner.Side objects.
 from __future__ import annotations
 
 import hashlib
+import textwrap
 from html import escape
 from pathlib import Path
 from typing import TextIO
@@ -165,19 +166,106 @@ def _kernel_word(d: dict) -> str:
     return "yes" if not d["needs"] else "no:" + "+".join(d["needs"])
 
 
-def print_summary(doc: dict, out: TextIO) -> None:
-    """The table of distinct divergences, where each is saved and drawn, and the totals."""
+WIDTH = 100
+
+
+def _wrap(text: str, indent: str, first: str = "") -> str:
+    """`first` + text wrapped at WIDTH, continuation lines indented: never cut."""
+    return textwrap.fill(text, WIDTH, initial_indent=first or indent, subsequent_indent=indent,
+                         break_long_words=False, break_on_hyphens=False)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def verdict(doc: dict) -> str:
+    """One line a KVM developer reads first: new findings or not, and the exit code they mean."""
+    t = doc["totals"]
+    new, total = t["new_divergences"], t["divergences"]
+    stopped = " (interrupted: what was found so far)" if t.get("interrupted") else ""
+    if new:
+        return (f"verdict: {_plural(new, 'NEW divergence')} not on the known list, "
+                f"of {total} distinct (exit 1){stopped}")
+    if total:
+        return f"verdict: nothing new: all {total} distinct divergences are on the known list (exit 0){stopped}"
+    return f"verdict: nothing new: no divergence at all (exit 0){stopped}"
+
+
+def _new_block(i: int, d: dict, out: TextIO) -> None:
+    n = len(d["trace"]["events"])
+    print(f"  {i}. {d['class']} on {d['arch']} {d['old']}..{d['new']}, {d['wrong_side']} wrong, at "
+          f"{d['op']} (event {d['event_index']} of {_plural(n, 'event')})", file=out)
+    print(_wrap(d["shape"], " " * 7, "     shape: "), file=out)
+    print(_wrap(d["detail"], " " * 7, "     what:  "), file=out)
+    print(_wrap(_kernel_sentence(d), " " * 7, "     kernel: "), file=out)
+    if d.get("saved"):
+        print(f"     see:   memslot-fuzz show {d['saved']}", file=out)
+    if d.get("picture"):
+        print(f"     picture: {d['picture']}", file=out)
+
+
+def _kernel_sentence(d: dict) -> str:
+    if d.get("needs") is None:
+        return {ALIGNED: "shows with page-aligned ranges", UNALIGNED_ONLY: "needs unaligned ranges"}.get(
+            d.get("reachability"), "not computed")
+    if not d["needs"]:
+        return "a running kernel can send this trace"
+    return "only with what the mm never sends: " + ", ".join(d["needs"])
+
+
+def _collapsed(divs: list[dict], out: TextIO) -> None:
+    """Per architecture and version pair: what one version does that the other does not, then
+    what both do, one line per class (count, ops and shapes, how many a running kernel reaches)."""
+    groups: dict[tuple[str, str, str], list[dict]] = {}
+    for d in divs:
+        groups.setdefault((d["arch"], d["old"], d["new"]), []).append(d)
+    for (arch, old, new), ds in groups.items():
+        print(f"  {arch} {old}..{new}: {_plural(len(ds), 'known divergence')}", file=out)
+        for side, label in (("old", f"only {old}"), ("new", f"only {new}"), ("both", "both")):
+            by_class: dict[str, list[dict]] = {}
+            for d in ds:
+                if d["wrong_side"] == side:
+                    by_class.setdefault(d["class"], []).append(d)
+            for cls in sorted(by_class, key=CLASSES.index):
+                items = by_class[cls]
+                shapes = sorted({f"{d['op']} {d['shape']}" for d in items})
+                reach = sum(1 for d in items if d.get("needs") == [])
+                text = f"{cls} x{len(items)}, {reach} kernel-reachable: " + "; ".join(shapes)
+                print(_wrap(text, " " * 16, f"    {label:11s} "), file=out)
+
+
+def print_summary(doc: dict, out: TextIO, verbose: bool = False) -> None:
+    """The verdict first; then each NEW divergence in full (what, where, the command that shows
+    it, its picture); then, per architecture, what the newer version changed (one side wrong)
+    and what both share, a line per class (with `verbose`: every divergence, each with its
+    files); then the runs and totals, and the verdict again as the last line."""
     t = doc["totals"]
     divs = doc["divergences"]
-    if divs:
+    print(verdict(doc), file=out)
+    fresh = [d for d in divs if not d["known"]]
+    if fresh:
+        print(file=out)
+        print("NEW (not on the known list):", file=out)
+        for i, d in enumerate(fresh, 1):
+            _new_block(i, d, out)
+    known = [d for d in divs if d["known"]]
+    if known and not verbose:
+        print(file=out)
+        print("known, by what differs between the versions (one side wrong) and what both share", file=out)
+        print("(one line per class; --verbose lists each divergence with its files):", file=out)
+        _collapsed(known, out)
+    if divs and verbose:
+        print(file=out)
         rows = [("#", "class", "arch", "versions", "wrong", "status", "kernel", "events", "op", "shape")]
         for i, d in enumerate(divs, 1):
             rows.append((str(i), d["class"], d["arch"], f"{d['old']}..{d['new']}", d["wrong_side"],
                          "known" if d["known"] else "NEW", _kernel_word(d),
-                         str(len(d["trace"]["events"])), d["op"], d["shape"][:48]))
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+                         str(len(d["trace"]["events"])), d["op"], d["shape"]))
+        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
         for r in rows:
-            print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip(), file=out)
+            head = "  ".join(c.ljust(w) for c, w in zip(r, widths))
+            print(_wrap(r[-1], " " * (len(head) + 2), head + "  "), file=out)
         print("(kernel: a running kernel can send the trace that shows it; else the rules it breaks: "
               "unaligned ranges, a bare change_pte, ...)", file=out)
         print(file=out)
@@ -186,15 +274,16 @@ def print_summary(doc: dict, out: TextIO) -> None:
             if d.get("picture"):
                 files.append(f"picture {d['picture']}")
             print(f"#{i:<3d} " + "  ".join(files), file=out)
-        print(file=out)
+    print(file=out)
     for r in doc["runs"]:
-        print(f"{r['arch']:13s} {r['old']}..{r['new']}: {r['events']} events in {r['traces']} traces, "
-              f"{r['seconds']:.1f}s" + (" (interrupted)" if r["interrupted"] else "")
+        print(f"{r['arch']:13s} {r['old']}..{r['new']}: {_plural(r['events'], 'event')} in "
+              f"{_plural(r['traces'], 'trace')}, {r['seconds']:.1f}s" + (" (interrupted)" if r["interrupted"] else "")
               + (" (aligned ranges only)" if r.get("aligned_only") else ""), file=out)
     print(f"total: {t['events']} events, {t['events_per_second']:.0f} events/s, {t['seconds']:.1f}s; "
           f"{t['divergences']} distinct divergences, {t['new_divergences']} new"
           + (f", {t['unaligned_only']} only with unaligned ranges" if t.get("unaligned_only") else "")
           + f" (seed {doc['seed']})", file=out)
+    print(verdict(doc), file=out)
 
 
 # ----- timeline of one trace --------------------------------------------------------------

@@ -188,21 +188,25 @@ def test_every_report_field_is_documented():
 
 
 # ----- console summary ---------------------------------------------------------------------
-def test_summary_table_paths_and_totals(run_doc):
+def test_summary_verbose_table_paths_and_totals(run_doc):
     doc, _ = run_doc
     buf = io.StringIO()
-    report.print_summary(doc, buf)
+    report.print_summary(doc, buf, verbose=True)
     text = buf.getvalue()
     lines = text.splitlines()
-    head = lines[0].split()
+    assert lines[0] == lines[-1] == report.verdict(doc)
+    start = next(k for k, ln in enumerate(lines) if ln.startswith("#  "))
+    head = lines[start].split()
     assert head[:8] == ["#", "class", "arch", "versions", "wrong", "status", "kernel", "events"]
     rows = {}
-    for d, line in zip(doc["divergences"], lines[1:]):
+    body = [ln for ln in lines[start + 1:] if ln[:1].isdigit()]
+    for d, line in zip(doc["divergences"], body):
         cols = line.split()
         assert cols[1:6] == [d["class"], d["arch"], f"{d['old']}..{d['new']}", d["wrong_side"],
                              "known" if d["known"] else "NEW"]
         rows[d["signature"]] = cols
         assert cols[7] == str(len(d["trace"]["events"]))
+        assert d["shape"].split()[0] in line            # shapes are wrapped, never cut
     assert rows[MISSED_ARM64][6].startswith("no:") and "unaligned" in rows[MISSED_ARM64][6]
     lock = next(d for d in doc["divergences"] if d["signature"] == "lock-without-hit|x86-shadow|v5.12|v5.13|test_young|old|no-slot-hit")
     assert rows[lock["signature"]][6] == ("yes" if not lock["needs"] else "no:" + "+".join(lock["needs"]))
@@ -214,6 +218,42 @@ def test_summary_table_paths_and_totals(run_doc):
             f"{t['divergences']} distinct divergences, {t['new_divergences']} new") in text
 
 
+def test_summary_leads_with_the_verdict_and_collapses_known_ones_by_class(run_doc):
+    doc, _ = run_doc
+    assert doc["totals"]["new_divergences"] == 0
+    buf = io.StringIO()
+    report.print_summary(doc, buf)
+    lines = buf.getvalue().splitlines()
+    n = doc["totals"]["divergences"]
+    assert lines[0] == lines[-1] == f"verdict: nothing new: all {n} distinct divergences are on the known list (exit 0)"
+    # one line per (arch, versions, side, class), each naming every shape of its class
+    keys = {(d["arch"], d["old"], d["new"], d["wrong_side"], d["class"]) for d in doc["divergences"]}
+    starts = [ln for ln in lines if ln.startswith("    only ") or ln.startswith("    both ")]
+    assert len(starts) == len(keys)
+    text = "\n".join(lines)
+    flat = " ".join(text.split())
+    for d in doc["divergences"]:
+        assert f"{d['op']} {d['shape']}" in flat
+    assert "trace " not in text                          # no list of paths unless --verbose
+    assert max(len(ln) for ln in lines if not ln.startswith(("total:", "x86", "arm64", "mips", "ppc", "e500"))) <= report.WIDTH
+
+
+def test_a_new_divergence_comes_first_with_the_command_that_shows_it(run_doc):
+    doc, _ = run_doc
+    doc = copy.deepcopy(doc)
+    d = doc["divergences"][-1]
+    d["known"], d["explanation"] = False, ""
+    doc["totals"]["new_divergences"] = 1
+    buf = io.StringIO()
+    report.print_summary(doc, buf)
+    lines = buf.getvalue().splitlines()
+    assert lines[0].startswith("verdict: 1 NEW divergence not on the known list") and "(exit 1)" in lines[0]
+    assert lines[2] == "NEW (not on the known list):"
+    assert lines[3].startswith(f"  1. {d['class']} on {d['arch']} {d['old']}..{d['new']}, {d['wrong_side']} wrong")
+    assert f"     see:   memslot-fuzz show {d['saved']}" in lines
+    assert f"     picture: {d['picture']}" in lines
+
+
 def test_summary_without_divergences_still_prints_totals():
     doc = {"schema": report.REPORT_SCHEMA, "seed": 1, "runs": [], "divergences": [],
            "totals": {"events": 0, "traces": 0, "seconds": 0.0, "events_per_second": 0.0,
@@ -221,7 +261,9 @@ def test_summary_without_divergences_still_prints_totals():
     report.validate_report(doc)
     buf = io.StringIO()
     report.print_summary(doc, buf)
-    assert buf.getvalue().startswith("total: 0 events")
+    text = buf.getvalue()
+    assert text.startswith("verdict: nothing new: no divergence at all (exit 0)\n")
+    assert "total: 0 events" in text
 
 
 # ----- show: timeline ----------------------------------------------------------------------
