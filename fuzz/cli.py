@@ -26,7 +26,7 @@ from impls.registry import ModelLoadError
 from oracles.compare import Divergence
 from oracles.triage import KnownListError, is_candidate, load_known
 
-from . import argtypes, contain, corpus, lifetime, output, report
+from . import argtypes, bisect, contain, corpus, lifetime, output, report
 from .publish import publish_new
 from .engine import Job, JobResult, console_progress, found, run_job, save_divergence
 from .explore import ExploreError, explore, program_tasks, strip_schedule
@@ -54,7 +54,65 @@ def _side(arch: str, spec: str, timeout: float = contain.DEFAULT_TRACE_TIMEOUT) 
     return contain.side(arch, spec, timeout)
 
 
+def cmd_list_commits(args) -> int:
+    arches = registry.modelled_arches() if args.arch == "all" else [registry.check_arch(args.arch)]
+    for arch in arches:
+        print(f"{arch}:")
+        for p in bisect.history(arch):
+            commits = list(p.commits)
+            print(f"  {p.name:24s} {commits[0][0]} {commits[0][1]}")
+            for c, subject in commits[1:]:
+                print(f"  {'':24s} {c} {subject}")
+    return 0
+
+
+def cmd_bisect(args) -> int:
+    path = Path(args.trace)
+    try:
+        entry = corpus.load(path)
+        events, arch, expected = entry.events, entry.arch, list(entry.expect)
+    except TraceError:
+        events, arch, expected = load_trace(path), None, []
+    arch = registry.check_arch(args.arch or arch) if (args.arch or arch) else None
+    if arch is None:
+        raise UsageError(f"bisect {path}: a plain trace needs --arch")
+    check_well_formed(events, str(path))
+    if args.finding:
+        parts = args.finding.split("/", 2)
+        if len(parts) != 3 or not all(parts):
+            raise UsageError(f"--finding {args.finding!r}: expected CLASS/OP/SHAPE")
+        findings = [tuple(parts)]
+    else:
+        findings = list(dict.fromkeys((sig.split("|")[0], sig.split("|")[4], sig.split("|", 6)[6])
+                                      for sig in expected))
+        if not findings:
+            raise UsageError(f"bisect {path}: the trace records no divergence; name one with --finding")
+    shown = 0
+    for finding in findings:
+        try:
+            res = bisect.bisect(events, arch, finding, args.good, args.bad)
+        except bisect.BisectError as e:
+            if args.good or args.bad or len(findings) == 1:
+                raise UsageError(f"bisect {path}: {e}") from None
+            print(f"{finding[0]} at {finding[1]}: {finding[2]}: {e}")
+            continue
+        shown += 1
+        print(f"{finding[0]} at {finding[1]}: {finding[2]}  ({arch}, {len(res.points)} points)")
+        for p, present in zip(res.points, res.present):
+            c, subject = p.commits[0]
+            print(f"  {'shows' if present else '-':6s} {p.name:24s} {c} {subject}")
+        for what, p in res.transitions():
+            c, subject = p.commits[0]
+            word = "first bad" if what == "appears" else "gone at"
+            print(f"  {word}: {c} \"{subject}\" ({p.name})")
+    if not shown:
+        raise UsageError(f"bisect {path}: none of its divergences shows at any point of {arch}'s history")
+    return 0
+
+
 def cmd_list(args) -> int:
+    if args.commits:
+        return cmd_list_commits(args)
     print("architectures and versions (old -> new defaults: "
           f"{registry.DEFAULT_OLD} -> {registry.DEFAULT_NEW}):")
     all_models = registry.models()
@@ -72,16 +130,20 @@ def cmd_list(args) -> int:
 
 
 def cmd_run(args) -> int:
-    arches = registry.implemented_arches() if args.arch == "all" else [registry.check_arch(args.arch)]
+    if args.arch != "all":
+        arches = [registry.check_arch(args.arch)]
+    else:
+        arches = registry.modelled_arches() if args.matrix else registry.implemented_arches()
     known = load_known()
     jobs = []
     check_run_options(args)
     check_candidate_engine(args)
     load_failures: dict[str, Divergence] = {}
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 32)
-    per_arch = args.max_time / len(arches)
-    for i, arch in enumerate(arches):
-        old, new = _side(arch, args.old, args.trace_timeout), _side(arch, args.new, args.trace_timeout)
+    pairs = matrix_pairs(arches) if args.matrix else [(arch, args.old, args.new) for arch in arches]
+    per_arch = args.max_time / len(pairs)
+    for i, (arch, old_name, new_name) in enumerate(pairs):
+        old, new = _side(arch, old_name, args.trace_timeout), _side(arch, new_name, args.trace_timeout)
         probe = contain.probe(arch, old, new, known)     # a candidate loads in its worker, never here
         if probe.failure:                                # it crashed or hung at import/construction
             load_failures[arch] = probe.failure
@@ -94,7 +156,9 @@ def cmd_run(args) -> int:
                         minimize_attempts=args.minimize_attempts if args.max_traces else None,
                         schedules=args.schedules, preemptions=args.preemptions,
                         max_schedules=args.max_schedules))
-    print(f"memslot-fuzz: {', '.join(arches)}: {args.old} vs {args.new}, {args.max_time:g}s, "
+    what = (f"every adjacent pair of versions ({len(pairs)} pairs)" if args.matrix
+            else f"{args.old} vs {args.new}")
+    print(f"memslot-fuzz: {', '.join(arches)}: {what}, {args.max_time:g}s, "
           f"seed {seed}, saving to {args.out}/", file=sys.stderr)
     results = []
     started = time.monotonic()
@@ -175,6 +239,16 @@ ATHERIS_MISSING = ("needs the atheris package, which is not installed: pip insta
                    "need nothing more")
 
 
+def matrix_pairs(arches: list[str]) -> list[tuple[str, str, str]]:
+    """run --matrix: each adjacent pair of an arch's versions along mainline (series-v1, a
+    posting that never merged, is left out: compare it with --old v5.13 --new series-v1)."""
+    out = []
+    for arch in arches:
+        vs = [v for v in registry.versions_for(arch) if v not in bisect.OFF_MAINLINE]
+        out += [(arch, a, b) for a, b in zip(vs, vs[1:])]
+    return out
+
+
 def check_atheris(what: str) -> None:
     """The coverage-guided engine is an optional extra: say so in one line when it is missing."""
     if importlib.util.find_spec("atheris") is None:
@@ -223,6 +297,8 @@ def check_run_options(args) -> None:
         args.preemptions = DEFAULT_PREEMPTIONS
     if args.max_schedules is None:
         args.max_schedules = DEFAULT_RUN_SCHEDULES
+    if args.matrix and (args.old != registry.DEFAULT_OLD or args.new != registry.DEFAULT_NEW):
+        raise UsageError("--matrix fuzzes every adjacent pair of versions itself: drop --old/--new")
     if args.max_traces is not None and args.engine != "random":
         raise UsageError(f"--max-traces: only with --engine random (not {args.engine}): "
                          "the other engines' budgets are time or coverage based")
@@ -480,7 +556,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="memslot-fuzz", description=__doc__.split("\n\n")[0])
     p.add_argument("--version", action="version", version=f"%(prog)s {argtypes.version()}")
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=Parser)
-    sub.add_parser("list", help="architectures and versions")
+    ls = sub.add_parser("list", help="architectures and versions")
+    ls.add_argument("--commits", action="store_true",
+                    help="each arch's modelled history, oldest first: every point bisect walks and the "
+                         "commits it brings, with their subjects")
+    ls.add_argument("--arch", default="all", help="with --commits: one architecture (default all)")
+    b = sub.add_parser("bisect", help="where along the modelled history a trace's divergence appears "
+                                      "and disappears, by commit")
+    b.add_argument("trace", help="a corpus entry or a plain trace")
+    b.add_argument("--arch", default=None, help="default: the entry's (required for a plain trace)")
+    b.add_argument("--good", default=None, help="a point that does not show it (older than --bad)")
+    b.add_argument("--bad", default=None, help="a point that shows it")
+    b.add_argument("--finding", default=None, metavar="CLASS/OP/SHAPE",
+                   help="the divergence to follow (default: every one the entry records)")
     r = sub.add_parser("run", help="fuzz old against new")
     r.add_argument("--arch", default="all", help="architecture name, or all (default)")
     r.add_argument("--old", default=registry.DEFAULT_OLD, help="version or candidate file.py:Class / module:Class")
@@ -495,6 +583,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="directory for minimized divergences (created if needed; checked before the run)")
     r.add_argument("--max-events", type=argtypes.int_range(3, why="the shortest generated trace"), default=40,
                    help="longest generated trace (at least 3)")
+    r.add_argument("--matrix", action="store_true",
+                   help="fuzz each adjacent pair of versions along each arch's history (v5.12..v5.13-rc1, "
+                        "v5.13-rc1..v5.13, ... up to mainline), --max-time split over the pairs; the "
+                        "summary shows what every step changed")
     r.add_argument("--verbose", action="store_true",
                    help="the summary lists every known divergence with its files (by default one line "
                         "per class; NEW ones are always shown in full)")
@@ -612,7 +704,7 @@ def main(argv: list[str] | None = None) -> int:
                 check_atheris("--engine atheris" if args.cmd == "run" else "ci")
         check_outputs(args)     # numbers are checked by their argparse types
         code = {"list": cmd_list, "run": cmd_run, "replay": cmd_replay, "show": cmd_show,
-                "ci": cmd_ci, "explore": cmd_explore}[args.cmd](args)
+                "ci": cmd_ci, "explore": cmd_explore, "bisect": cmd_bisect}[args.cmd](args)
         # a command that stopped on SIGINT/SIGTERM and wound up by itself (ci) still says so
         return lifetime.exit_code() if code != 2 and lifetime.stop_signal() is not None else code
     except (ModelLoadError, CandidateError, TraceError, KnownListError, UsageError, report.ReportError,

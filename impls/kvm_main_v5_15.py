@@ -32,6 +32,12 @@ from .tasks import Mutex
 
 
 class KvmMainV5_15(KvmMainV5_13):
+    # the commits this layer brings, for fuzz/bisect.py's history (short id, subject)
+    commits = (
+        ('52ac8b358b0c', 'KVM: Block memslot updates across range_start() and range_end()'),
+        ('071064f14d87', "KVM: Don't take mmu_lock for range invalidation unless necessary"),
+    )
+
     version = "v5.15"
     needs_tasks = True
 

@@ -365,3 +365,18 @@ MODELS = {
         "v5.13": (PpcHvRadixV5_13, ""),
     },
 }
+
+# The history points fuzz/bisect.py walks: the commits each listed version brings to Book3S HV,
+# and the state between them that a model names (after 32b48bf8514c, before da3bb206c9ce).
+VERSION_COMMITS = {arch: {
+    "v5.13-rc1": [("b1c5356e873c", "KVM: PPC: Convert to the gfn-based MMU notifier callbacks")],
+    "v5.13": [("da3bb206c9ce", "KVM: PPC: Book3S HV: Fix kvm_unmap_gfn_range_hv() for Hash MMU")],
+} for arch in ("ppc-hv-hash", "ppc-hv-radix")}
+COMMIT_POINTS = {
+    "ppc-hv-hash": [("v5.13-rc1", "32b48bf8514c",
+                     "KVM: PPC: Book3S HV: Fix conversion to gfn-based MMU notifier callbacks",
+                     PpcHvV5_13_32b48bf8514c)],
+    "ppc-hv-radix": [("v5.13-rc1", "32b48bf8514c",
+                      "KVM: PPC: Book3S HV: Fix conversion to gfn-based MMU notifier callbacks",
+                      PpcHvRadixV5_13_32b48bf8514c)],
+}
