@@ -474,11 +474,28 @@ class Kvm:
 
     # ----- snapshot ----------------------------------------------------------------------
     def snapshot(self) -> State:
-        return State(slots=self.memslots.all(),
-                     leaves={k: v.snapshot() for k, v in self.leaves.items()},
-                     tlb=frozenset(self.tlb.entries),
-                     address_space_num=self.address_space_num,
-                     mmu_notifier_count=self.mmu_notifier_count,
-                     mmu_notifier_seq=self.mmu_notifier_seq,
-                     tlbs_dirty=self.tlbs_dirty,
-                     page_shift=self.page_shift)
+        """A copy of the state the oracles read, unaffected by what the model does later."""
+        state = State(slots=self.memslots.all(),
+                      leaves={k: v.snapshot() for k, v in self.leaves.items()},
+                      tlb=frozenset(self.tlb.entries),
+                      address_space_num=self.address_space_num,
+                      mmu_notifier_count=self.mmu_notifier_count,
+                      mmu_notifier_seq=self.mmu_notifier_seq,
+                      tlbs_dirty=self.tlbs_dirty,
+                      page_shift=self.page_shift)
+        self.snapshot_extra(state.extra)
+        return state
+
+    def snapshot_extra(self, extra: dict) -> None:
+        """Model bookkeeping a subclass adds to its snapshots for reports (no oracle reads it)."""
+
+    def view(self) -> State:
+        """The state the oracles read, as it is now, without copying the leaves: the State
+        shares this model's leaf dict and Leaf objects, so it is exact only until the model
+        next runs (the runner reads the state after an event before the next event starts, as
+        snapshot() would give it then).  `extra` is left empty (reports take snapshots).  A
+        subclass that overrides snapshot() itself gets snapshot(): its copy may differ."""
+        if type(self).snapshot is not Kvm.snapshot:
+            return self.snapshot()
+        return State(self.memslots.all(), self.leaves, frozenset(self.tlb.entries), self.address_space_num,
+                     self.mmu_notifier_count, self.mmu_notifier_seq, self.tlbs_dirty, self.page_shift)

@@ -162,10 +162,8 @@ class MipsMmu(Kvm):
         self.pte_tables.add(f.gfn // PTRS_PER_PTE)
         super().map_fault(f)
 
-    def snapshot(self):
-        state = super().snapshot()
-        state.extra["gpa_pte_tables"] = sorted(self.pte_tables)
-        return state
+    def snapshot_extra(self, extra: dict) -> None:
+        extra["gpa_pte_tables"] = sorted(self.pte_tables)
 
 
 class MipsV5_12(MipsMmu, KvmMainV5_12):

@@ -283,11 +283,9 @@ class X86TdpMmu(X86ShadowMmu):
         self.install_leaf(Leaf(f.as_id, base, level, f.pte.pfn - (f.gfn - base), n,
                                writable=writable, young=True, dirty=f.write and writable))
 
-    def snapshot(self):
+    def snapshot_extra(self, extra: dict) -> None:
         # model bookkeeping only (no kernel counterpart): the roots, for reports
-        s = super().snapshot()
-        s.extra["tdp_roots"] = [(r.id, r.as_id, r.invalid, r.stale, len(r.tables)) for r in self.roots]
-        return s
+        extra["tdp_roots"] = [(r.id, r.as_id, r.invalid, r.stale, len(r.tables)) for r in self.roots]
 
     # ----- release: kvm_mmu_zap_all -------------------------------------------------------------
     def kvm_arch_flush_shadow_all(self) -> None:

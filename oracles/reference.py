@@ -71,13 +71,23 @@ def leaves_touching(state: State, gfns: GfnSet) -> list[Leaf]:
                   key=lambda x: (x.as_id, x.gfn))
 
 
-def expect(ev: Event, pre: State) -> Expectation | None:
-    """The expectation for a notifier event, or None for other events."""
+def same_memslots(a: State, b: State) -> bool:
+    """Do two states have the same memslots (and page size), so that range_segments agrees?"""
+    return a.page_shift == b.page_shift and (a.slots is b.slots or a.slots == b.slots)
+
+
+def expect(ev: Event, pre: State, like: Expectation | None = None) -> Expectation | None:
+    """The expectation for a notifier event, or None for other events.  `like`: the expectation
+    of the same event from a state with the same memslots (same_memslots), whose segments and
+    gfn set are then used as they are (they depend on the memslots and the event alone)."""
     rng = notifier_range(ev)
     if rng is None:
         return None
-    segments = range_segments(pre, *rng)
-    gfns = GfnSet((s.as_id, s.start, s.end) for s in segments)
+    if like is not None:
+        segments, gfns = like.segments, like.gfns
+    else:
+        segments = range_segments(pre, *rng)
+        gfns = GfnSet((s.as_id, s.start, s.end) for s in segments)
     touching = leaves_touching(pre, gfns)
     must_unmap: list[Leaf] = []
     young = None
