@@ -189,8 +189,10 @@ class Memslots:
     def all(self) -> SlotList:
         """Every slot, address space 0 first, each in kernel array order: one SlotList shared
         until the memslots change (read-only for its users)."""
-        return self._view("all", lambda: SlotList(s for a in range(self.address_space_num)
-                                                  for s in self.in_as(a)))
+        v = self._views.get("all")
+        if v is None:
+            v = self._views["all"] = SlotList(s for a in range(self.address_space_num) for s in self.in_as(a))
+        return v
 
     def find_gfn(self, as_id: int, gfn: int) -> Memslot | None:
         """The slot of one address space holding gfn: a binary search over the slots sorted by

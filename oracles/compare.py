@@ -284,8 +284,10 @@ def reference_checks(ev: Event, exp: Expectation, side: SideResult) -> list[Find
         if ev.op == "clear_flush_young" and obs.aged:
             owed = True
         if ev.op == "invalidate_range_start":
-            owed = owed or any(exp.gfns.intersects(e.as_id, e.gfn, e.gfn + e.pages) for e in pre.tlb
-                               if (e.as_id, e.gfn) not in {(x.as_id, x.gfn) for x in pre.leaves.values()})
+            if not owed and pre.tlb:
+                mapped = {(x.as_id, x.gfn) for x in pre.leaves.values()}
+                owed = any(exp.gfns.intersects(e.as_id, e.gfn, e.gfn + e.pages) for e in pre.tlb
+                           if (e.as_id, e.gfn) not in mapped)
         if not owed:
             unlocked = any(not f.locked for f in flushes)
             shape = ("no-slot-hit" if not exp.slot_hit else "nothing-changed") + ("-unlocked" if unlocked else "")
@@ -329,7 +331,10 @@ ONE_SIDED_ONLY = {"lock-without-hit"}   # a shared behaviour of both versions is
 def compare_event(index: int, ev: Event, exp_old: Expectation | None, old: SideResult,
                   exp_new: Expectation | None, new: SideResult,
                   context: frozenset[str] = frozenset()) -> list[Divergence]:
-    return merge_findings(index, ev, check_side(ev, exp_old, old, context), check_side(ev, exp_new, new, context))
+    f_old, f_new = check_side(ev, exp_old, old, context), check_side(ev, exp_new, new, context)
+    if not f_old and not f_new:
+        return []
+    return merge_findings(index, ev, f_old, f_new)
 
 
 def merge_findings(index: int, ev: Event, f_old: list[Finding], f_new: list[Finding]) -> list[Divergence]:

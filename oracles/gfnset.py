@@ -6,9 +6,18 @@ from typing import Iterable
 
 
 class GfnSet:
+    """`_runs`: per address space with gfns, in increasing as_id order, its gfns as sorted,
+    disjoint, non-adjacent [start, end) runs (the one form of a set, so equality is ==)."""
+
+    __slots__ = ("_runs",)
+
     def __init__(self, spans: Iterable[tuple[int, int, int]] = ()):
         merged: dict[int, list[list[int]]] = {}
-        for as_id, start, end in sorted(spans):
+        spans = sorted(spans)
+        if not spans:
+            self._runs = {}
+            return
+        for as_id, start, end in spans:
             if start >= end:
                 continue
             runs = merged.setdefault(as_id, [])
@@ -38,7 +47,10 @@ class GfnSet:
         return any(s <= gfn < e for s, e in self._runs.get(as_id, ()))
 
     def intersects(self, as_id: int, start: int, end: int) -> bool:
-        return any(s < end and start < e for s, e in self._runs.get(as_id, ()))
+        for s, e in self._runs.get(as_id, ()):
+            if s < end and start < e:
+                return True
+        return False
 
     def __or__(self, other: "GfnSet") -> "GfnSet":
         return GfnSet(self.spans() + other.spans())
@@ -64,7 +76,30 @@ class GfnSet:
         return GfnSet(out)
 
     def __and__(self, other: "GfnSet") -> "GfnSet":
-        return self - (self - other)
+        # one sweep per address space both have; pieces of disjoint, non-adjacent runs are
+        # themselves disjoint and non-adjacent, so the result is already in canonical form
+        runs: dict[int, tuple] = {}
+        for a, mine in self._runs.items():
+            theirs = other._runs.get(a)
+            if not theirs:
+                continue
+            out = []
+            i = j = 0
+            while i < len(mine) and j < len(theirs):
+                s1, e1 = mine[i]
+                s2, e2 = theirs[j]
+                s, e = max(s1, s2), min(e1, e2)
+                if s < e:
+                    out.append((s, e))
+                if e1 <= e2:
+                    i += 1
+                else:
+                    j += 1
+            if out:
+                runs[a] = tuple(out)
+        res = GfnSet.__new__(GfnSet)
+        res._runs = runs
+        return res
 
     def __repr__(self) -> str:
         return "GfnSet(" + ", ".join(f"as{a}:[{s:#x},{e:#x})" for a, s, e in self.spans()) + ")"

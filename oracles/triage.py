@@ -114,23 +114,50 @@ def is_candidate(side_name: str) -> bool:
     return ":" in side_name
 
 
+# mark_known's answers per known list: the entries (kept, so their ids stay theirs) and, per
+# divergence key (every field matches() reads), the explanation or None
+_MARKS: dict[tuple[int, ...], tuple[tuple[KnownEntry, ...], dict]] = {}
+
+
 def mark_known(divergences: list[Divergence], known: list[KnownEntry]) -> None:
     """Mark divergences the known list explains.  The list describes kernel behaviour, so a
     divergence that blames only a candidate side is never excused by it; what a candidate
-    inherits from our model shows on both sides and is."""
+    inherits from our model shows on both sides and is.
+
+    The answer depends only on the divergence's class, arch, versions, op, side, shape and
+    sides_differ, and on the entries (frozen): it is remembered per list of entries."""
+    ids = tuple(map(id, known))
+    cached = _MARKS.get(ids)
+    if cached is None:
+        if len(_MARKS) > 16:
+            _MARKS.clear()
+        cached = _MARKS[ids] = (tuple(known), {})
+    answers = cached[1]
     for d in divergences:
-        blamed = {"old": [d.old], "new": [d.new], "both": [d.old, d.new]}[d.wrong_side]
-        if all(is_candidate(name) for name in blamed):
-            continue
-        for k in known:
-            if k.matches(d):
-                d.known = True
-                d.explanation = f"{k.explanation} (source: {k.source}; {k.where})"
-                break
-            if d.sides_differ and d.wrong_side != "both" and k.matches(replace(d, wrong_side="both")):
-                # only this side got into the state where both versions are known to do this
-                d.known = True
-                d.explanation = (f"{k.explanation} (source: {k.source}; {k.where}; known on both sides, "
-                                 f"shown by {d.wrong_side} alone because the other side's schedule "
-                                 f"reached this event in another order)")
-                break
+        key = (d.cls, d.arch, d.old, d.new, d.op, d.wrong_side, d.shape, d.sides_differ)
+        if key not in answers:
+            probe = Divergence(d.cls, d.wrong_side, d.op, d.shape, d.event_index, "", d.arch, d.old, d.new,
+                               sides_differ=d.sides_differ)
+            _mark_one(probe, known)
+            answers[key] = probe.explanation if probe.known else None
+        if answers[key] is not None:
+            d.known = True
+            d.explanation = answers[key]
+
+
+def _mark_one(d: Divergence, known: list[KnownEntry]) -> None:
+    blamed = {"old": [d.old], "new": [d.new], "both": [d.old, d.new]}[d.wrong_side]
+    if all(is_candidate(name) for name in blamed):
+        return
+    for k in known:
+        if k.matches(d):
+            d.known = True
+            d.explanation = f"{k.explanation} (source: {k.source}; {k.where})"
+            return
+        if d.sides_differ and d.wrong_side != "both" and k.matches(replace(d, wrong_side="both")):
+            # only this side got into the state where both versions are known to do this
+            d.known = True
+            d.explanation = (f"{k.explanation} (source: {k.source}; {k.where}; known on both sides, "
+                             f"shown by {d.wrong_side} alone because the other side's schedule "
+                             f"reached this event in another order)")
+            return
