@@ -26,7 +26,7 @@ from impls.registry import ModelLoadError
 from oracles.compare import Divergence
 from oracles.triage import KnownListError, is_candidate, load_known
 
-from . import argtypes, bisect, contain, corpus, lifetime, output, report
+from . import argtypes, contain, corpus, history, lifetime, output, report
 from .publish import publish_new
 from .engine import Job, JobResult, console_progress, found, run_job, save_divergence
 from .explore import ExploreError, explore, program_tasks, strip_schedule
@@ -58,7 +58,7 @@ def cmd_list_commits(args) -> int:
     arches = registry.modelled_arches() if args.arch == "all" else [registry.check_arch(args.arch)]
     for arch in arches:
         print(f"{arch}:")
-        for p in bisect.history(arch):
+        for p in history.history(arch):
             commits = list(p.commits)
             print(f"  {p.name:24s} {commits[0][0]} {commits[0][1]}")
             for c, subject in commits[1:]:
@@ -90,8 +90,8 @@ def cmd_bisect(args) -> int:
     shown = 0
     for finding in findings:
         try:
-            res = bisect.bisect(events, arch, finding, args.good, args.bad)
-        except bisect.BisectError as e:
+            res = history.bisect(events, arch, finding, args.good, args.bad)
+        except history.BisectError as e:
             if args.good or args.bad or len(findings) == 1:
                 raise UsageError(f"bisect {path}: {e}") from None
             print(f"{finding[0]} at {finding[1]}: {finding[2]}: {e}")
@@ -225,7 +225,7 @@ def cmd_run(args) -> int:
             write_report(args, json.dumps(doc, indent=2) + "\n")
         except output.OutputError as e:
             failed = failed or e
-    report.print_summary(doc, sys.stdout, verbose=args.verbose)
+    report.print_summary(doc, sys.stdout, verbose=args.verbose, files=failed is not None or interrupted)
     if failed is not None:
         print(f"memslot-fuzz: {failed}", file=sys.stderr)
         return 2
@@ -244,7 +244,7 @@ def matrix_pairs(arches: list[str]) -> list[tuple[str, str, str]]:
     posting that never merged, is left out: compare it with --old v5.13 --new series-v1)."""
     out = []
     for arch in arches:
-        vs = [v for v in registry.versions_for(arch) if v not in bisect.OFF_MAINLINE]
+        vs = [v for v in registry.versions_for(arch) if v not in history.OFF_MAINLINE]
         out += [(arch, a, b) for a, b in zip(vs, vs[1:])]
     return out
 

@@ -235,11 +235,12 @@ def _collapsed(divs: list[dict], out: TextIO) -> None:
                 print(_wrap(text, " " * 16, f"    {label:11s} "), file=out)
 
 
-def print_summary(doc: dict, out: TextIO, verbose: bool = False) -> None:
+def print_summary(doc: dict, out: TextIO, verbose: bool = False, files: bool = False) -> None:
     """The verdict first; then each NEW divergence in full (what, where, the command that shows
     it, its picture); then, per architecture, what the newer version changed (one side wrong)
     and what both share, a line per class (with `verbose`: every divergence, each with its
-    files); then the runs and totals, and the verdict again as the last line."""
+    files); `files` (a run that ended early: a write failed, or a signal) lists every file kept;
+    then the runs and totals, and the verdict again as the last line."""
     t = doc["totals"]
     divs = doc["divergences"]
     print(verdict(doc), file=out)
@@ -274,6 +275,13 @@ def print_summary(doc: dict, out: TextIO, verbose: bool = False) -> None:
             if d.get("picture"):
                 files.append(f"picture {d['picture']}")
             print(f"#{i:<3d} " + "  ".join(files), file=out)
+    if files and not verbose:
+        kept = [d for d in divs if d.get("saved")]
+        if kept:
+            print(file=out)
+            print(f"kept ({_plural(len(kept), 'file')}, the run ended early):", file=out)
+            for d in kept:
+                print(f"  {d['saved']}" + (f"  picture {d['picture']}" if d.get("picture") else ""), file=out)
     print(file=out)
     for r in doc["runs"]:
         print(f"{r['arch']:13s} {r['old']}..{r['new']}: {_plural(r['events'], 'event')} in "

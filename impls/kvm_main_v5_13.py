@@ -42,7 +42,7 @@ class KvmGfnRange:
 
 
 class KvmMainV5_13(Kvm):
-    # the commits this layer brings, for fuzz/bisect.py's history (short id, subject)
+    # the commits this layer brings, for fuzz/history.py's history (short id, subject)
     commits = (
         ('3039bcc74498', "KVM: Move x86's MMU notifier memslot walkers to generic code"),
         ('8931a454aea0', 'KVM: Take mmu_lock when handling MMU notifier iff the hva hits a memslot'),

@@ -34,7 +34,7 @@ from .kvm_main_v5_15 import KvmMainV5_15
 
 
 class KvmMainV5_17(KvmMainV5_15):
-    # the commits this layer brings, for fuzz/bisect.py's history (short id, subject)
+    # the commits this layer brings, for fuzz/history.py's history (short id, subject)
     commits = (
         ('ed922739c919', 'KVM: Use interval tree to do fast hva lookup in memslots'),
     )

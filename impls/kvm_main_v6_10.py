@@ -25,7 +25,7 @@ from .machine import HostPte
 
 
 class KvmMainV6_10(KvmMainV6_8):
-    # the commits this layer brings, for fuzz/bisect.py's history (short id, subject)
+    # the commits this layer brings, for fuzz/history.py's history (short id, subject)
     commits = (
         ('c3f3edf73a8f', 'KVM: Stop processing *all* memslots when "null" mmu_notifier handler is found'),
         ('f3b65bbaed7c', 'KVM: delete .change_pte MMU notifier callback'),

@@ -41,7 +41,7 @@ INVALID_GPA = (1 << 64) - 1          # include/linux/kvm_types.h: ~(gpa_t)0
 
 
 class KvmMainV6_8(KvmMainV5_17):
-    # the commits this layer brings, for fuzz/bisect.py's history (short id, subject)
+    # the commits this layer brings, for fuzz/history.py's history (short id, subject)
     commits = (
         ('2230f9e1171a', 'KVM: Avoid illegal stage2 mapping on invalid memory slot'),
         ('8569992d64b8', 'KVM: Use gfn instead of hva for mmu_notifier_retry'),

@@ -366,7 +366,7 @@ MODELS = {
     },
 }
 
-# The history points fuzz/bisect.py walks: the commits each listed version brings to Book3S HV,
+# The history points fuzz/history.py walks: the commits each listed version brings to Book3S HV,
 # and the state between them that a model names (after 32b48bf8514c, before da3bb206c9ce).
 VERSION_COMMITS = {arch: {
     "v5.13-rc1": [("b1c5356e873c", "KVM: PPC: Convert to the gfn-based MMU notifier callbacks")],

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fuzz import bisect
+from fuzz import history
 from fuzz.cli import main
 from fuzz.trace import ClearYoung, FaultBegin, FaultCommit, HostMap, SetMemoryRegion, dumps
 from impls import registry
@@ -19,17 +19,17 @@ PPC_RC1 = REPO / "corpus" / "ppc-hv-hash" / "037df0f0d4fcca5a.json"
 
 
 def test_history_is_in_kernel_order_with_the_named_commits_between_versions():
-    names = [p.name for p in bisect.history("ppc-hv-hash")]
+    names = [p.name for p in history.history("ppc-hv-hash")]
     assert names[:4] == ["v5.12", "v5.13-rc1", "v5.13-rc1+32b48bf8514c", "v5.13"]
     assert "series-v1" not in names                     # a posting, not a point of mainline
     keys = [registry.release_key(n.split("+")[0]) for n in names]
     assert keys == sorted(keys)
-    arm = {p.name: p for p in bisect.history("arm64")}
+    arm = {p.name: p for p in history.history("arm64")}
     assert arm["v5.17+df6556adf27b"].commits == (
         ("df6556adf27b", "KVM: arm64: Correctly handle page aging notifiers for unaligned memslot"),)
     assert issubclass(arm["v5.17+df6556adf27b"].cls, arm["v5.17"].cls)
-    assert bisect.point("arm64", "df6556a").name == "v5.17+df6556adf27b"      # a commit names its point
-    assert bisect.point("x86-shadow", "mainline").name == "v6.19"
+    assert history.point("arm64", "df6556a").name == "v5.17+df6556adf27b"      # a commit names its point
+    assert history.point("x86-shadow", "mainline").name == "v6.19"
 
 
 def test_the_book3s_hv_rc1_regression_starts_at_b1c5356e873c_and_ends_at_da3bb206c9ce_on_hash(capsys):
@@ -48,7 +48,7 @@ def test_arm64_first_leaf_aging_disappears_at_df6556adf27b():
     ev = [HostMap(H, 4 * P, 0x1000), SetMemoryRegion(0, 0, 0, 0x100000, 4 * P, H),
           FaultBegin(1, 0, 0x100), FaultCommit(1), FaultBegin(2, 0, 0x101), FaultCommit(2),
           ClearYoung(H, H + 2 * P)]
-    res = bisect.bisect(ev, "arm64", ("wrong-young", "clear_young", "young-bit-not-cleared"))
+    res = history.bisect(ev, "arm64", ("wrong-young", "clear_young", "young-bit-not-cleared"))
     [(what, p)] = res.transitions()
     assert what == "disappears" and p.commits[0][0] == "df6556adf27b"
     assert res.present[:5] == [True] * 5                 # v5.12 .. v5.17 all age the first leaf only

@@ -1,4 +1,7 @@
-"""Bisect a divergence along the modelled kernel history (`memslot-fuzz bisect`).
+"""The modelled kernel history, and bisecting a divergence along it (`memslot-fuzz bisect`).
+
+(Not named bisect.py: the atheris target runs with fuzz/ on sys.path, where that name would
+shadow the standard library's bisect module.)
 
 The history of an architecture is a list of points in kernel order, each a model class and the
 commits it adds over the point before it:
