@@ -493,9 +493,11 @@ class Kvm:
         """The state the oracles read, as it is now, without copying the leaves: the State
         shares this model's leaf dict and Leaf objects, so it is exact only until the model
         next runs (the runner reads the state after an event before the next event starts, as
-        snapshot() would give it then).  `extra` is left empty (reports take snapshots).  A
+        snapshot() would give it then).  `tlb` is the TLB's own set, not a frozenset (the same
+        entries; every oracle reads it as an unordered collection).  `extra` is left empty
+        (reports take snapshots).  A
         subclass that overrides snapshot() itself gets snapshot(): its copy may differ."""
         if type(self).snapshot is not Kvm.snapshot:
             return self.snapshot()
-        return State(self.memslots.all(), self.leaves, frozenset(self.tlb.entries), self.address_space_num,
+        return State(self.memslots.all(), self.leaves, self.tlb.entries, self.address_space_num,
                      self.mmu_notifier_count, self.mmu_notifier_seq, self.tlbs_dirty, self.page_shift)

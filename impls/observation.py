@@ -54,9 +54,9 @@ class Flush:
         return d
 
 
-@dataclass
+@dataclass(slots=True)
 class Observation:
-    """Everything one model did for one event."""
+    """Everything one model did for one event.  (Slots: one is made per event and side.)"""
     op: str
     calls: list[HandlerCall] = field(default_factory=list)
     zapped: list[Leaf] = field(default_factory=list)      # leaves removed (state before removal)

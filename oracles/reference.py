@@ -67,6 +67,8 @@ def range_segments(state: State, start: int, end: int) -> list[Segment]:
 
 
 def leaves_touching(state: State, gfns: GfnSet) -> list[Leaf]:
+    if not gfns:
+        return []
     return sorted((x for x in state.leaves.values() if gfns.intersects(x.as_id, x.gfn, x.gfn_end)),
                   key=lambda x: (x.as_id, x.gfn))
 
@@ -96,7 +98,7 @@ def expect(ev: Event, pre: State, like: Expectation | None = None) -> Expectatio
         # also leaves made from these hvas that no memslot reaches any more (a slot deleted
         # or moved on an arch whose kvm_arch_flush_shadow_memslot does nothing)
         must_unmap = touching + [x for x in pre.leaves.values()
-                                 if x not in touching and x.backs(ev.start, ev.end, pre.page_shift)]
+                                 if x.backs(ev.start, ev.end, pre.page_shift) and x not in touching]
     elif isinstance(ev, (ClearFlushYoung, ClearYoung, TestYoung)):
         young = any(x.young for x in touching)
         if not isinstance(ev, TestYoung):
