@@ -2,12 +2,20 @@
 signature, save it, then report it.  Stops at --max-time, after --max-traces traces, or on
 SIGINT/SIGTERM (fuzz/lifetime.py) with everything found already on disk.
 
+Two clocks per job, so that minimization never eats fuzzing time: `max_time` bounds the
+fuzzing window (generating and running traces, and nothing else), and minimization runs on
+its own clock: each new signature gets at most `minimize_seconds`, all of a job's
+minimizations together at most `minimize_budget`.  A signature met once that budget is spent
+is saved as found (the trace up to the diverging event, not minimized) and says so.
+
 With `max_traces` the findings are a function of the seed alone: the loop stops after that
 many generated traces and minimization is bounded by attempts, not seconds (max_time stays a
-safety limit; a job it cuts short says so in `stopped_by`).
+safety limit on the fuzzing window; a job it cuts short says so in `stopped_by`).
 """
 from __future__ import annotations
 
+import hashlib
+import os
 import random
 import sys
 import time
@@ -43,6 +51,8 @@ class Job:
     schedules: str = "pct"           # pct: the generated schedule | exhaustive: every one (fuzz/explore.py)
     preemptions: int = 2             # exhaustive: the preemption bound
     max_schedules: int = 200         # exhaustive: schedules per program at most
+    minimize_budget: float | None = None   # seconds for all minimizations of the job (None: no cap)
+    claims: Path | None = None       # --jobs: a directory where workers claim signatures (fuzz/parallel.py)
 
 
 @dataclass
@@ -58,6 +68,9 @@ class JobResult:
     schedules: int = 0               # exhaustive schedules: schedules run, over every program
     explored: int = 0                # programs explored (of several tasks)
     explored_complete: int = 0       # of those, explored up to the bound without hitting a cap
+    fuzz_seconds: float = 0.0        # the fuzzing window: generating and running traces
+    minimize_seconds: float = 0.0    # minimizing (and saving) new signatures, on its own clock
+    unminimized: int = 0             # signatures saved as found: the minimization budget was spent
 
 
 def reproduce(events: list[Event], job: Job, known: list[KnownEntry], signature: str) -> Divergence | None:
@@ -107,8 +120,15 @@ def already_saved(d: Divergence, job: Job, known: list[KnownEntry]) -> Divergenc
 def found(events: list[Event], d: Divergence, job: Job, known: list[KnownEntry], res: JobResult,
           seconds: float | None = None) -> Divergence:
     """Minimize a divergence met for the first time in this job (unless its file exists
-    already), save it, and add it to res: on disk before anyone is told."""
-    small = already_saved(d, job, known) or minimized(repro_prefix(events, d.event_index), job, known, d, seconds)
+    already), save it, and add it to res: on disk before anyone is told.  `seconds` 0 (the
+    job's minimization budget is spent) saves the trace up to the diverging event as it is."""
+    small = already_saved(d, job, known)
+    if small is None and seconds is not None and seconds <= 0:
+        small = reproduce(repro_prefix(events, d.event_index), job, known, d.signature) or d
+        small.trace = repro_prefix(events, d.event_index)
+        res.unminimized += 1
+    elif small is None:
+        small = minimized(repro_prefix(events, d.event_index), job, known, d, seconds)
     res.saved[small.signature] = save_divergence(small, job, known)
     res.divergences.append(small)
     return small
@@ -131,9 +151,23 @@ def explored(events: list[Event], job: Job, known: list[KnownEntry], res: JobRes
 Progress = Callable[[JobResult, str], None]
 
 
+def claim(job: Job, signature: str) -> bool:
+    """True if this worker is the first of its run to meet `signature` (always, without
+    --jobs): only the claimant minimizes and saves it, the other workers go on fuzzing."""
+    if job.claims is None:
+        return True
+    name = hashlib.sha256(f"{job.arch}|{signature}".encode()).hexdigest()[:24]
+    try:
+        os.close(os.open(job.claims / name, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        return True
+    except FileExistsError:
+        return False
+
+
 def run_job(job: Job, known: list[KnownEntry], progress: Progress | None = None,
             seen: set[str] | None = None) -> JobResult:
-    """Fuzz one (arch, old, new) pair until max_time, max_traces, or a stop signal."""
+    """Fuzz one (arch, old, new) pair until max_time seconds of fuzzing, max_traces, or a stop
+    signal; minimization of new signatures runs on its own clock (see the module doc)."""
     res = JobResult(job)
     seen = set() if seen is None else seen
     rng = random.Random(job.seed)
@@ -144,12 +178,14 @@ def run_job(job: Job, known: list[KnownEntry], progress: Progress | None = None,
             if job.max_traces is not None and res.traces >= job.max_traces:
                 res.stopped_by = "max-traces"
                 break
-            if time.monotonic() - start >= job.max_time:
+            res.fuzz_seconds = time.monotonic() - start - res.minimize_seconds
+            if res.fuzz_seconds >= job.max_time:
                 res.stopped_by = "max-time"
                 break
             events = generate(RandomSource(rng), job.gen)
             if job.schedules == "exhaustive" and len(program_tasks(events)) > 1:
-                shown = explored(events, job, known, res, rng.randrange(1 << 32), start + job.max_time)
+                shown = explored(events, job, known, res, rng.randrange(1 << 32),
+                                 time.monotonic() + job.max_time - res.fuzz_seconds)
             else:
                 r = run_trace(events, job.arch, job.old, job.new, known)
                 res.events += r.events
@@ -159,11 +195,18 @@ def run_job(job: Job, known: list[KnownEntry], progress: Progress | None = None,
                 if d.signature in seen:
                     continue
                 seen.add(d.signature)
+                if not claim(job, d.signature):
+                    continue
                 budget = None
                 if job.minimize_attempts is None:
-                    # minimization may run past max_time by a little, never by much
-                    budget = max(2.0, min(job.minimize_seconds, job.max_time - (time.monotonic() - start)))
-                found(events, d, job, known, res, budget)
+                    budget = job.minimize_seconds
+                    if job.minimize_budget is not None:
+                        budget = max(0.0, min(budget, job.minimize_budget - res.minimize_seconds))
+                t0 = time.monotonic()
+                try:
+                    found(events, d, job, known, res, budget)
+                finally:
+                    res.minimize_seconds += time.monotonic() - t0
                 if progress:
                     progress(res, "found")
             if job.stop_on_new and any(not d.known for d in res.divergences):
@@ -173,11 +216,13 @@ def run_job(job: Job, known: list[KnownEntry], progress: Progress | None = None,
             if progress and now - last_tick >= 2.0:
                 last_tick = now
                 res.seconds = now - start
+                res.fuzz_seconds = res.seconds - res.minimize_seconds
                 progress(res, "tick")
     except KeyboardInterrupt:          # SIGINT or SIGTERM (fuzz.lifetime.Interrupted)
         res.interrupted = True
         res.stopped_by = "interrupted"
     res.seconds = time.monotonic() - start
+    res.fuzz_seconds = res.seconds - res.minimize_seconds
     return res
 
 
@@ -191,8 +236,9 @@ def console_progress(res: JobResult, what: str) -> None:
               f"{d.op}: {d.shape}, {n} event{'' if n == 1 else 's'} -> {res.saved[d.signature]}",
               file=sys.stderr, flush=True)
         return
-    rate = res.events / res.seconds if res.seconds else 0.0
+    rate = res.events / res.fuzz_seconds if res.fuzz_seconds > 0 else 0.0
     new = sum(not d.known for d in res.divergences)
-    print(f"  [{j.arch} {j.old.name}..{j.new.name}] {res.seconds:5.1f}s {res.events} events "
-          f"({rate:.0f}/s), {res.traces} traces, divergences {len(res.divergences)} ({new} new)",
+    print(f"  [{j.arch} {j.old.name}..{j.new.name}] {res.fuzz_seconds:5.1f}s fuzzing, "
+          f"{res.minimize_seconds:.1f}s minimizing, {res.events} events ({rate:.0f}/s), "
+          f"{res.traces} traces, divergences {len(res.divergences)} ({new} new)",
           file=sys.stderr, flush=True)

@@ -19,7 +19,9 @@ import os
 import queue
 import signal
 import sys
+import tempfile
 import time
+from pathlib import Path
 
 from oracles.triage import KnownEntry
 
@@ -56,12 +58,19 @@ def share(total: int | None, jobs: int, k: int) -> int | None:
 
 def run_parallel(job: Job, jobs: int, known: list[KnownEntry], quiet: bool = False) -> JobResult:
     """Run `job` on `jobs` processes and merge what they found (first finder of a signature wins)."""
+    with tempfile.TemporaryDirectory(prefix="memslot-fuzz-claims-") as claims:
+        return _run_parallel(job, jobs, known, quiet, Path(claims))
+
+
+def _run_parallel(job: Job, jobs: int, known: list[KnownEntry], quiet: bool, claims: Path) -> JobResult:
     ctx = mp.get_context("fork")
     results, progress = ctx.Queue(), ctx.Queue()
     procs = []
     parent = os.getpid()
     for k in range(jobs):
-        sub = dataclasses.replace(job, seed=job.seed + k * SEED_STRIDE, max_traces=share(job.max_traces, jobs, k))
+        # the first worker to meet a signature claims it and minimizes it; the others fuzz on
+        sub = dataclasses.replace(job, seed=job.seed + k * SEED_STRIDE, max_traces=share(job.max_traces, jobs, k),
+                                  claims=claims)
         p = ctx.Process(target=_worker, args=(k, sub, known, results, progress, parent), daemon=True)
         p.start()
         procs.append(p)
@@ -115,6 +124,9 @@ def run_parallel(job: Job, jobs: int, known: list[KnownEntry], quiet: bool = Fal
         merged.explored += res.explored
         merged.explored_complete += res.explored_complete
         merged.seconds = max(merged.seconds, res.seconds)
+        merged.fuzz_seconds = max(merged.fuzz_seconds, res.fuzz_seconds)
+        merged.minimize_seconds += res.minimize_seconds
+        merged.unminimized += res.unminimized
         merged.interrupted |= res.interrupted
         merged.stopped_by = min(merged.stopped_by, res.stopped_by, key=_STOP_ORDER.index)
         for d in res.divergences:
