@@ -31,7 +31,7 @@ from .publish import publish_new
 from .engine import Job, JobResult, console_progress, found, run_job, save_divergence
 from .explore import ExploreError, explore, program_tasks, strip_schedule
 from .hypothesis_engine import run_hypothesis
-from .generate import GenConfig
+from .generate import GenConfig, PROFILES, profile_config
 from .parallel import run_parallel
 from .runner import CandidateError, Side, run_trace
 from .trace import TraceError, event_to_json
@@ -129,6 +129,12 @@ def cmd_list(args) -> int:
     return 0
 
 
+def _user_mem_slots(*sides: Side) -> int:
+    """The fewest memslots either side's arch takes (KVM_USER_MEM_SLOTS); a candidate that runs
+    in its worker only is taken to allow as many as KVM's generic default."""
+    return min(getattr(getattr(s, "cls", None), "user_mem_slots", 32) or 32 for s in sides)
+
+
 def cmd_run(args) -> int:
     if args.arch != "all":
         arches = [registry.check_arch(args.arch)]
@@ -147,15 +153,18 @@ def cmd_run(args) -> int:
         probe = contain.probe(arch, old, new, known)     # a candidate loads in its worker, never here
         if probe.failure:                                # it crashed or hung at import/construction
             load_failures[arch] = probe.failure
-        gen = GenConfig(address_space_num=probe.address_space_num, max_events=args.max_events,
-                        aligned_only=args.aligned_only, x86_shadow_paging=arch.startswith("x86"),
-                        tasks=args.tasks or probe.needs_tasks or args.schedules == "exhaustive")
+        gen = profile_config(args.profile, address_space_num=probe.address_space_num,
+                             max_events=args.max_events, aligned_only=args.aligned_only,
+                             x86_shadow_paging=arch.startswith("x86"),
+                             tasks=args.tasks or probe.needs_tasks or args.schedules == "exhaustive",
+                             max_slots=_user_mem_slots(old, new))
         jobs.append(Job(arch, old, new, per_arch, seed + i, Path(args.out), gen,
                         minimize_seconds=args.minimize_seconds, stop_on_new=args.stop_on_new,
                         max_traces=args.max_traces,
                         minimize_attempts=args.minimize_attempts if args.max_traces else None,
                         schedules=args.schedules, preemptions=args.preemptions,
-                        max_schedules=args.max_schedules))
+                        max_schedules=args.max_schedules,
+                        minimize_budget=per_arch if args.minimize_budget is None else args.minimize_budget))
     what = (f"every adjacent pair of versions ({len(pairs)} pairs)" if args.matrix
             else f"{args.old} vs {args.new}")
     print(f"memslot-fuzz: {', '.join(arches)}: {what}, {args.max_time:g}s, "
@@ -299,6 +308,11 @@ def check_run_options(args) -> None:
         args.max_schedules = DEFAULT_RUN_SCHEDULES
     if args.matrix and (args.old != registry.DEFAULT_OLD or args.new != registry.DEFAULT_NEW):
         raise UsageError("--matrix fuzzes every adjacent pair of versions itself: drop --old/--new")
+    if args.profile != "default" and args.engine != "random":
+        raise UsageError(f"--profile {args.profile}: only with --engine random (not {args.engine}): "
+                         "hypothesis's choice buffer is far smaller than a large-vm trace's choices")
+    if args.max_events is None:
+        args.max_events = profile_config(args.profile).max_events
     if args.max_traces is not None and args.engine != "random":
         raise UsageError(f"--max-traces: only with --engine random (not {args.engine}): "
                          "the other engines' budgets are time or coverage based")
@@ -581,8 +595,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "a device or FIFO is written through)")
     r.add_argument("--out", default="memslot-fuzz-out",
                    help="directory for minimized divergences (created if needed; checked before the run)")
-    r.add_argument("--max-events", type=argtypes.int_range(3, why="the shortest generated trace"), default=40,
-                   help="longest generated trace (at least 3)")
+    r.add_argument("--max-events", type=argtypes.int_range(3, why="the shortest generated trace"), default=None,
+                   help="longest generated trace (at least 3; default 40, 10000 with --profile large-vm)")
+    r.add_argument("--profile", choices=list(PROFILES), default="default",
+                   help="generator profile: default (small layouts, dense edge cases) or large-vm "
+                        "(hundreds of memslots over a 1 TiB guest in 1 GiB host pages, hundreds of "
+                        "faults, traces of up to 10,000 events)")
     r.add_argument("--matrix", action="store_true",
                    help="fuzz each adjacent pair of versions along each arch's history (v5.12..v5.13-rc1, "
                         "v5.13-rc1..v5.13, ... up to mainline), --max-time split over the pairs; the "
@@ -596,6 +614,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--aligned-only", action="store_true", help="page-aligned notifier ranges only")
     r.add_argument("--minimize-seconds", type=argtypes.positive_float, default=10.0,
                    help="time limit per minimization")
+    r.add_argument("--minimize-budget", type=argtypes.positive_float, default=None, metavar="S",
+                   help="seconds of minimization per architecture, on top of its fuzzing share of "
+                        "--max-time (default: that share); a signature met after it is spent is "
+                        "saved unminimized. --max-traces bounds minimization by attempts instead")
     r.add_argument("--engine", choices=["random", "hypothesis", "atheris", "exhaustive"], default="random",
                    help="random (default: seeded generator + trace minimizer), hypothesis (its "
                         "shrinker minimizes), atheris (coverage-guided libFuzzer, for long runs), "

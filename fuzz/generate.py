@@ -25,6 +25,10 @@ HUGE = 2 << 20
 HVA_BASE = 0x7f0000000000           # 1 GiB aligned
 REGION_STRIDE = 16 << 20            # regions never touch each other unless a slot is placed so
 GPA_HUGE = HUGE // P                # 512 gfns
+GIB = 1 << 30
+LARGE_HVA = 0x7e0000000000          # the large-vm guest's memory: 16 TiB below HVA_BASE, 1 TiB aligned
+LARGE_GFN = 1 << 20                 # its first gfn (4 GiB), 1 GiB aligned like LARGE_HVA
+PROFILES = ("default", "large-vm")
 
 
 class Source:
@@ -95,6 +99,25 @@ class GenConfig:
     aligned_only: bool = False          # notifier ranges page aligned, as the kernel's mm sends
     x86_shadow_paging: bool = True      # emit sync_page (tlbs_dirty) events
     tasks: bool = False                 # several kernel tasks and a schedule (fuzz/schedule.py)
+    profile: str = "default"            # default | large-vm (see profile_config)
+    slots: int = 400                    # large-vm: memslots laid over the guest (capped by max_slots)
+    max_slots: int = 509                # the arch's KVM_USER_MEM_SLOTS (x86's, the smallest of the big ones)
+    guest_bytes: int = 1 << 40          # large-vm: guest memory, backed by 1 GiB host pages
+
+
+def profile_config(profile: str, **kw) -> GenConfig:
+    """A GenConfig for a generator profile.  "default": small layouts (1-3 slots at first, 2 MiB
+    and 4 KiB host pages, traces of up to 40 events) where edge cases are dense.  "large-vm": a
+    big guest as a cloud host runs it: `guest_bytes` (1 TiB) of guest memory in one host mapping
+    of 1 GiB pages, split into `slots` (400, at most the arch's KVM_USER_MEM_SLOTS less a few for
+    the slots the trace itself creates) memslots of random sizes in 2 MiB steps, contiguous in
+    gfn and hva; then traces of up to 10,000 events, one in ten a fault (hundreds per trace),
+    the rest notifier events, aging, accesses and memslot updates over that layout."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r} (one of {', '.join(PROFILES)})")
+    if profile == "large-vm":
+        kw.setdefault("max_events", 10_000)
+    return GenConfig(profile=profile, **kw)
 
 
 @dataclass
@@ -215,8 +238,19 @@ class _Gen:
 
     def hva_range(self) -> tuple[int, int]:
         start = self.edge()
-        shape = self.src.weighted([(4, "to-edge"), (3, "pages"), (1, "empty"), (1, "one-byte"), (1, "huge")])
-        if shape == "to-edge":
+        if self.cfg.profile == "large-vm":
+            # what the mm sends a big guest is mostly local (reclaim, THP, NUMA balancing: a page,
+            # a 2 MiB frame, a slot's worth); a range between two random slots of 400 would cover
+            # a third of the guest every time, so it is kept, but rare
+            shape = self.src.weighted([(1, "to-edge"), (4, "pages"), (1, "empty"), (1, "one-byte"),
+                                       (4, "huge"), (2, "to-slot-edge")])
+        else:
+            shape = self.src.weighted([(4, "to-edge"), (3, "pages"), (1, "empty"), (1, "one-byte"), (1, "huge")])
+        if shape == "to-slot-edge":     # to an edge of the slot holding start, or of a neighbour
+            home = [s for s in self.slots.values() if s.hva <= start < s.hva_end] or list(self.slots.values())
+            s = self.src.choice(home) if home else None
+            end = start + P if s is None else self.src.choice([s.hva, s.hva_end, s.hva_end + P]) + self.nudge()
+        elif shape == "to-edge":
             end = self.edge()
         elif shape == "pages":
             end = start + self.src.int(1, 4) * P
@@ -239,9 +273,31 @@ class _Gen:
         return s.as_id, s.base_gfn + off
 
     # ----- events ---------------------------------------------------------------------------
+    def large_layout(self) -> None:
+        """large-vm: one host mapping of 1 GiB pages for the whole guest, cut into memslots."""
+        size = self.cfg.guest_bytes - self.cfg.guest_bytes % GIB or GIB
+        pfn = (self.next_pfn + GIB // P - 1) // (GIB // P) * (GIB // P)
+        self.next_pfn = pfn + size // P + GPA_HUGE
+        self.regions.append(Region(LARGE_HVA, size, GIB, pfn))
+        self.events.append(HostMap(LARGE_HVA, size, pfn, GIB, True))
+        frames = size // HUGE
+        n = max(1, min(self.cfg.slots, self.cfg.max_slots - 8, frames))
+        cuts = {0, frames}
+        while len(cuts) < n + 1:
+            cuts.add(self.src.int(1, frames - 1))
+        edges = sorted(cuts)
+        for sid, (a, b) in enumerate(zip(edges, edges[1:])):
+            gfn, npages, hva = LARGE_GFN + a * GPA_HUGE, (b - a) * GPA_HUGE, LARGE_HVA + a * HUGE
+            self.events.append(SetMemoryRegion(0, sid, 0, gfn * P, npages * P, hva))
+            self.slots[(0, sid)] = SlotPlan(0, sid, gfn, npages, hva)
+
     def step(self) -> None:
-        kinds = [(22, "fault"), (4, "fault-begin"), (8, "access"), (16, "invalidate"),
-                 (5, "cow"), (10, "age"), (4, "slot"), (3, "host-remap")]
+        if self.cfg.profile == "large-vm":     # faults are rarer than notifier events on a big guest
+            kinds = [(6, "fault"), (2, "fault-begin"), (8, "access"), (16, "invalidate"),
+                     (5, "cow"), (10, "age"), (2, "slot"), (1, "host-remap")]
+        else:
+            kinds = [(22, "fault"), (4, "fault-begin"), (8, "access"), (16, "invalidate"),
+                     (5, "cow"), (10, "age"), (4, "slot"), (3, "host-remap")]
         if self.open_ranges:
             kinds.append((10, "end"))
         if self.open_faults:
@@ -329,9 +385,13 @@ class _Gen:
             self.events += [InvalidateRangeStart(frame, frame + HUGE, True), InvalidateRangeEnd(frame, frame + HUGE, True)]
 
     def build(self) -> list[Event]:
-        for _ in range(self.src.int(1, 3)):
-            self.create_slot()
-        budget = self.src.int(3, self.cfg.max_events)
+        if self.cfg.profile == "large-vm":
+            self.large_layout()
+            budget = self.src.int(max(len(self.events) + 1, self.cfg.max_events // 2), max(len(self.events) + 1, self.cfg.max_events))
+        else:
+            for _ in range(self.src.int(1, 3)):
+                self.create_slot()
+            budget = self.src.int(3, self.cfg.max_events)
         while len(self.events) < budget:
             self.step()
         while self.open_ranges:
