@@ -418,9 +418,10 @@ def run_order_lines(res) -> list[str]:
     return lines
 
 
-def show_html(events, res, arch: str, old, new) -> str:
-    """`show TRACE.json --html OUT.html`: the picture of every divergent event, then the
-    timeline as a table (the first divergent event highlighted)."""
+def show_html(events, res, arch: str, old, new, hva_scale: str = "compressed") -> str:
+    """`show TRACE.json --html OUT.html`: the picture of every divergent event (its hva axis
+    "compressed" or "linear", see fuzz.picture.svg_from_detail), then the timeline as a table
+    (the first divergent event highlighted)."""
     rows, old_side, new_side, details = timeline_rows(events, res, arch, old, new)
     first = min((d.event_index for d in res.divergences), default=None)
     parts = [f"<h1>{escape(arch)}: {escape(old_side.name)} (old) vs {escape(new_side.name)} (new)</h1>",
@@ -431,7 +432,7 @@ def show_html(events, res, arch: str, old, new) -> str:
     for i in sorted(by_event):
         divs = by_event[i]
         parts.append(f'<h2 id="event-{i}">event {i}: {escape(events[i].op)}</h2>')
-        parts.append(svg_from_detail(details[i], divs[0], arch, divs))
+        parts.append(svg_from_detail(details[i], divs[0], arch, divs, hva_scale))
         for d in divs:
             if d.explanation:
                 parts.append(f"<p><b>{escape(d.signature)}</b>: {escape(d.explanation)}</p>")
