@@ -441,9 +441,27 @@ def _gfn_axis(svg: _Svg, as_id: int, rows: list[Row], ref: GfnSet | None, state:
     slot_set = GfnSet((as_id, s.base_gfn, s.gfn_end) for s in slots)
     all_rows = ([Row("reference", [(ref, "ref")])] if ref is not None else []) + rows
     note_w = max([_tw(r.note, SMALL) + 14 for r in all_rows if r.note], default=0)
-    cw = int(min(CELL_MAX_W, max(CELL_W, (PAGE_W - label_w - note_w - 8) // max(len(cols), 1))))
-    svg.text(8, y0 + 18, f"gfn, address space {as_id}", FONT, weight="bold")
-    y = y0 + 28
+    room = PAGE_W - label_w - note_w - 8
+    if len(cols) * CELL_W > room:      # cells take the whole width; the notes go below them
+        room = PAGE_W - label_w - 8
+    per_band = max(1, int(room // CELL_W))
+    bands = [cols[i:i + per_band] for i in range(0, len(cols), per_band)]
+    cw = int(min(CELL_MAX_W, max(CELL_W, room // max(len(bands[0]), 1))))
+    ref_edges = {p for _, s, e in (GfnSet(x for x in ref.spans() if x[0] == as_id).spans()
+                                   if ref is not None else []) for p in (s, e - 1)}
+    y = y0
+    for bi, band in enumerate(bands):
+        part = f" (gfns {band[0][0]:#x}-{band[-1][1] - 1:#x}, part {bi + 1} of {len(bands)})" if len(bands) > 1 else ""
+        svg.text(8, y + 18, f"gfn, address space {as_id}{part}", FONT, weight="bold")
+        y += 28
+        y = _gfn_band(svg, as_id, all_rows, band, cw, slot_set, ref_edges, y, label_w, bi == 0)
+    return (y - y0) + 12
+
+
+def _gfn_band(svg: _Svg, as_id: int, all_rows: list[Row], cols: list[tuple[int, int]], cw: int,
+              slot_set: GfnSet, ref_edges: set[int], y: float, label_w: float, notes: bool) -> float:
+    """One band of gfn columns (a gfn axis wider than the page wraps like text): the rows, then
+    the gfn labels; returns the y below it."""
     states: list[set[str]] = [set() for _ in cols]
     group = None
     for r in all_rows:
@@ -464,13 +482,15 @@ def _gfn_axis(svg: _Svg, as_id: int, rows: list[Row], ref: GfnSet | None, state:
                      f'data-gfn="{s:#x}" data-gfns="{e - s}" data-state="{state_name}"')
             if e - s > 1:
                 svg.text(x + (cw - CELL_GAP) / 2, y + CELL_H - 7, "…", FONT, anchor="middle")
-        if r.note:
-            svg.text(label_w + len(cols) * cw + 8, y + CELL_H - 7, r.note, SMALL, fill="#444")
+        if r.note and notes:
+            nx = label_w + len(cols) * cw + 8
+            if nx + _tw(r.note, SMALL) > PAGE_W:        # no room beside the cells: below them
+                y += CELL_H + 2
+                nx = label_w
+            svg.text(nx, y + CELL_H - 7, r.note, SMALL, fill="#444")
         y += CELL_H + ROW_GAP
     # gfn labels under the cells: every edge of the reference and every wrong cell always,
     # the others as room allows
-    ref_edges = {p for _, s, e in (GfnSet(x for x in ref.spans() if x[0] == as_id).spans()
-                                   if ref is not None else []) for p in (s, e - 1)}
     labels = []
     for ci, (s, e) in enumerate(cols):
         x = label_w + ci * cw + (cw - CELL_GAP) / 2
@@ -480,9 +500,7 @@ def _gfn_axis(svg: _Svg, as_id: int, rows: list[Row], ref: GfnSet | None, state:
                            {"fill": "#111", "weight": "bold"} if important else {"fill": "#333"}))
         else:
             labels.append((x, f"{e - s} gfns", False, {"fill": "#777"}))
-    y += _stagger(svg, labels, y - ROW_GAP + 2, SMALL, 3, max(PAGE_W, label_w + len(cols) * cw),
-                  anchor="middle")
-    return (y - y0) + 12
+    return y + _stagger(svg, labels, y - ROW_GAP + 2, SMALL, 3, PAGE_W - 4, anchor="middle")
 
 
 def _side_summary(v: SideView, ev: Event) -> str:
@@ -515,8 +533,7 @@ def _scale_words(scale: str, state: State, rng: tuple[int, int] | None) -> str:
         return (f"hva axis: linear, to scale ({per_px:,.1f} bytes per px); a range narrower than "
                 f"a pixel is a hairline")
     return ("hva axis: compressed, NOT to scale (a gap's width grows with the log of its size: "
-            "1 byte, 1 page, 512 pages, 4096 pages or more = 40 : 52 : 148 : 200); --hva-scale linear draws "
-            "it to scale")
+            "1 byte, 1 page, 512 pages, 4096 pages or more = 40 : 52 : 148 : 200)")
 
 
 def svg_from_detail(det: EventDetail, divergence: Divergence, arch: str,

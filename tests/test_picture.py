@@ -134,6 +134,105 @@ def test_write_pictures_writes_svg_and_html_beside_it(tmp_path):
     assert sorted(p.name for p in (tmp_path / "arm64").iterdir()) == ["abc.html", "abc.svg"]
 
 
+# ----- sizes a person reads on a laptop screen ------------------------------------------------
+MIN_CELL = (30, 22)         # px, each gfn cell as drawn
+MIN_FONT = 12               # px, every text
+LAPTOP_W = 1400             # CSS px of the window the page must fit (beside margins and a scrollbar)
+
+
+def check_legible(svg: str) -> list[dict]:
+    """Every text at least MIN_FONT px and not rotated, every gfn cell at least MIN_CELL, the
+    picture no wider than a laptop window; returns the cells' attributes."""
+    root = ET.fromstring(svg)
+    assert float(root.attrib["width"]) <= LAPTOP_W - 50
+    texts = list(root.iter(SVG_NS + "text"))
+    assert texts
+    for t in texts:
+        assert float(t.attrib["font-size"]) >= MIN_FONT, (t.text, t.attrib["font-size"])
+        assert "rotate" not in t.attrib.get("transform", ""), t.text
+    assert "rotate(" not in svg
+    cells_ = [el.attrib for el in root.iter(SVG_NS + "rect") if "data-row" in el.attrib]
+    assert cells_
+    for c in cells_:
+        assert float(c["width"]) >= MIN_CELL[0] and float(c["height"]) >= MIN_CELL[1], c
+    return cells_
+
+
+def test_every_picture_has_legible_text_and_cells_of_a_readable_size():
+    ev = arm64_unaligned_unmap()
+    d, o, n = divergence(ev, "arm64", "v5.12", "v5.13", "missed-invalidation")
+    for scale in picture.HVA_SCALES:
+        check_legible(picture.render_svg(ev, d, "arm64", o, n, hva_scale=scale))
+    ev = mips_past_end()
+    d, o, n = divergence(ev, "mips", "v5.12", "v5.13", "gfn-set-mismatch", "invalidate_range_start")
+    check_legible(picture.render_svg(ev, d, "mips", o, n))
+    # many breakpoints: the axis labels are staggered or thinned, never rotated or shrunk
+    ev = [slot(0, i, 0x100 + 0x10 * i, 3, HVA + 3 * i * P) for i in range(12)]
+    ev += [host(HVA, 36, 0x5000)] + fault(0, 0x101) + fault(0, 0x1b2)
+    ev += [InvalidateRangeStart(HVA + P, HVA + 35 * P)]
+    o, n = sides("arm64", "v5.12", "v5.13")
+    d = Divergence("warning", "old", ev[-1].op, "drawn-for-the-test", len(ev) - 1, "any event can be drawn")
+    svg = picture.render_svg(ev, d, "arm64", o, n)
+    check_legible(svg)
+    root = ET.fromstring(svg)
+    texts = [(float(t.attrib["x"]), float(t.attrib["y"]), t.text, float(t.attrib["font-size"]))
+             for t in root.iter(SVG_NS + "text")]
+    # no two axis labels on one baseline overlap
+    labels = [t for t in texts if t[2] and t[2].startswith("0x") and len(t[2]) > 8]
+    for i, (x, y, s, size) in enumerate(labels):
+        for x2, y2, s2, _ in labels[i + 1:]:
+            if y == y2:
+                assert abs(x - x2) >= picture._tw(s, size) - 1 or abs(x - x2) >= picture._tw(s2, size) - 1, (s, s2)
+    assert any(t[2] == f"{HVA + P:#x}" for t in texts) and any(t[2] == f"{HVA + 35 * P:#x}" for t in texts)
+
+
+def one_byte_range_picture(scale: str):
+    # a 16-page slot and a 1-byte notifier range in its middle
+    ev = [slot(0, 0, 0x100, 16, HVA), host(HVA, 16, 0x5000)] + fault(0, 0x107)
+    ev += [InvalidateRangeStart(HVA + 7 * P + 0x800, HVA + 7 * P + 0x801)]
+    o, n = sides("arm64", "v5.12", "v5.13")
+    d = Divergence("warning", "old", ev[-1].op, "drawn-for-the-test", len(ev) - 1, "any event can be drawn")
+    svg = picture.render_svg(ev, d, "arm64", o, n, hva_scale=scale)
+    root = ET.fromstring(svg)
+    rect = {k: el.attrib for el in root.iter(SVG_NS + "rect")
+            for k in (el.attrib.get("data-range"), el.attrib.get("data-slot")) if k}
+    return svg, root, float(rect["notifier"]["width"]), float(rect["as0/slot0"]["width"])
+
+
+def test_linear_hva_scale_draws_a_one_byte_range_as_a_hairline_and_says_so():
+    svg, root, range_w, slot_w = one_byte_range_picture("linear")
+    assert range_w < 3 and slot_w > 100
+    assert root.attrib["data-hva-scale"] == "linear" and "hva axis: linear, to scale" in svg
+    texts = [t.text for t in root.iter(SVG_NS + "text")]
+    assert "notifier range, 1 byte" in texts                       # the hairline is named
+    assert f"{HVA + 7 * P + 0x800:#x}" in texts and f"{HVA + 7 * P + 0x801:#x}" in texts
+    check_legible(svg)
+
+
+def test_compressed_hva_scale_still_shows_a_one_byte_range_and_a_slot():
+    svg, root, range_w, slot_w = one_byte_range_picture("compressed")
+    assert range_w >= 3 and slot_w > 100
+    assert root.attrib["data-hva-scale"] == "compressed" and "hva axis: compressed, NOT to scale" in svg
+    check_legible(svg)
+    # the default is the compressed axis, and an unknown scale is a one-line error
+    ev = arm64_unaligned_unmap()
+    d, o, n = divergence(ev, "arm64", "v5.12", "v5.13", "missed-invalidation")
+    assert 'data-hva-scale="compressed"' in picture.render_svg(ev, d, "arm64", o, n)
+    with pytest.raises(ValueError, match="hva_scale 'log': expected one of compressed, linear"):
+        picture.render_svg(ev, d, "arm64", o, n, hva_scale="log")
+
+
+def test_show_html_and_render_html_take_the_hva_scale():
+    ev = arm64_unaligned_unmap()
+    o, n = sides("arm64", "v5.12", "v5.13")
+    res = run_trace(ev, "arm64", o, n, load_known(), keep_observations=True)
+    page = report.show_html(ev, res, "arm64", o, n, hva_scale="linear")
+    assert 'data-hva-scale="linear"' in page and 'data-hva-scale="compressed"' not in page
+    assert 'data-hva-scale="compressed"' in report.show_html(ev, res, "arm64", o, n)
+    d = res.divergences[0]
+    assert 'data-hva-scale="linear"' in picture.render_html(ev, d, "arm64", o, n, hva_scale="linear")
+
+
 # ----- the page in a real browser ------------------------------------------------------------
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -209,17 +308,37 @@ def test_run_finds_mips_off_by_one_and_its_picture_shows_the_extra_gfn(tmp_path)
 
     html = Path(d["picture"]).with_suffix(".html")
     png = tmp_path / "shot.png"
-    screenshot(html, png, tmp_path)
+    screenshot(html, png, tmp_path, (LAPTOP_W, 1200))
     w, h, pixels = read_png(png)
-    counts: dict[bytes, int] = {}
-    for px in pixels:
-        counts[px] = counts.get(px, 0) + 1
+    counts = colour_counts(pixels)
     background = max(counts, key=counts.get)
     assert background == b"\xff\xff\xff"
     assert w * h - counts[background] > 20000, "the page is all background"
-    cell = (picture.CELL_W - 4) * (picture.CELL_H - 2)          # inner area of one cell, in pixels
-    assert counts.get(rgb(picture.EXTRA), 0) >= cell * len(extra) // 2, "no extra (orange) cell visible"
-    assert counts.get(rgb(picture.COLOURS["ok"]), 0) >= cell, "no ok (green) cell visible"
+    check_cells_on_screen(svg, counts, ("extra", "ok", "ref", "missed", "flush"))
+    assert counts.get(rgb(picture.EXTRA), 0) >= MIN_CELL[0] * MIN_CELL[1] * len(extra) * 3 // 4
+
+
+def colour_counts(pixels: list[bytes]) -> dict[bytes, int]:
+    counts: dict[bytes, int] = {}
+    for px in pixels:
+        counts[px] = counts.get(px, 0) + 1
+    return counts
+
+
+def check_cells_on_screen(svg: str, counts: dict[bytes, int], states) -> None:
+    """The SVG's text and cells are of a legible size (check_legible), and on the screen every
+    cell of each state shows at least its drawn area in its colour: (width - 2) x (height - 2)
+    pixels (less its border), and at least MIN_CELL less the border."""
+    cells_ = check_legible(svg)
+    for state in states:
+        want = 0
+        for c in cells_:
+            if c["data-state"] == state:
+                area = (float(c["width"]) - 2) * (float(c["height"]) - 2)
+                assert area >= (MIN_CELL[0] - 2) * (MIN_CELL[1] - 2)
+                want += area if c["data-gfns"] == "1" else area / 2      # "…" written over a run
+        got = counts.get(rgb(picture.COLOURS[state]), 0)
+        assert got >= want, f"{state}: {got} pixels of {picture.COLOURS[state]} on screen, cells need {want:.0f}"
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)")
@@ -230,9 +349,12 @@ def test_show_html_of_a_missed_page_shows_a_red_cell(tmp_path):
     page = tmp_path / "show.html"
     page.write_text(report.show_html(ev, res, "arm64", o, n))
     png = tmp_path / "show.png"
-    screenshot(page, png, tmp_path, (1400, 900))
+    screenshot(page, png, tmp_path, (LAPTOP_W, 900))
     _, _, pixels = read_png(png)
-    red = sum(px == rgb(picture.MISSED) for px in pixels)
-    cell = (picture.CELL_W - 4) * (picture.CELL_H - 2)
-    # missed 0x101 in the old walker, zapped and flush rows: three red cells
-    assert red >= 3 * cell
+    counts = colour_counts(pixels)
+    # the first picture is on the first screen: its cells at full size, its text legible
+    first = page.read_text().split("<svg", 1)[1].split("</svg>", 1)[0]
+    check_cells_on_screen("<svg" + first + "</svg>", counts, ("missed", "ok", "ref"))
+    # missed 0x101 in the old walker, zapped and flush rows: three red cells of at least MIN_CELL
+    red = counts.get(rgb(picture.MISSED), 0)
+    assert red >= 3 * (MIN_CELL[0] - 2) * (MIN_CELL[1] - 2)
