@@ -303,11 +303,13 @@ def _stagger(svg: _Svg, labels: list[tuple[float, str, bool, dict]], axis_y: flo
             rows.append([])
         rows[r].append((x0, x1))
         placed.append((x, tx, a, text, r, kw))
-    for x, tx, a, text, r, kw in placed:
+    for x, tx, a, text, r, kw in placed:     # ticks first: a tick passing a label is hidden by its halo
         base = axis_y + 4 + (r + 1) * line_h - 5
         if r or anchor == "start":
             svg.line(x, axis_y, x, base - size + 2 if r else axis_y + 5, "#999" if r else "#444")
-        svg.text(tx, base, text, size, a, **kw)
+    for x, tx, a, text, r, kw in placed:
+        base = axis_y + 4 + (r + 1) * line_h - 5
+        svg.text(tx, base, text, size, a, extra=' stroke="#fff" stroke-width="4" paint-order="stroke"', **kw)
     return len(rows) * line_h + 6
 
 
