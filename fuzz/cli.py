@@ -135,18 +135,35 @@ def _user_mem_slots(*sides: Side) -> int:
     return min(getattr(getattr(s, "cls", None), "user_mem_slots", 32) or 32 for s in sides)
 
 
-def cmd_run(args) -> int:
+def run_pairs(args) -> list[tuple[str, str, str]]:
+    """(arch, old, new) for each job.  --matrix: every adjacent pair.  No --old/--new: each
+    arch's default pair (v5.12 vs v5.13, or an arch's first and newest version when it has no
+    v5.12, RISC-V).  --old/--new given with --arch all: every arch that has both, one note per
+    arch skipped."""
+    arches = [registry.check_arch(args.arch)] if args.arch != "all" else registry.modelled_arches()
+    if args.matrix:
+        return matrix_pairs(arches)
+    if args.old is None and args.new is None:
+        return [(arch, *registry.default_pair(arch)) for arch in arches]
+    old, new = args.old or registry.DEFAULT_OLD, args.new or registry.DEFAULT_NEW
     if args.arch != "all":
-        arches = [registry.check_arch(args.arch)]
-    else:
-        arches = registry.modelled_arches() if args.matrix else registry.implemented_arches()
+        return [(arches[0], old, new)]
+    for arch, v in registry.lacking(old, new):
+        print(f"memslot-fuzz: {arch}: no model at {v}, skipped", file=sys.stderr)
+    return [(arch, old, new) for arch in registry.implemented_arches(old, new)]
+
+
+def cmd_run(args) -> int:
     known = load_known()
     jobs = []
     check_run_options(args)
     check_candidate_engine(args)
     load_failures: dict[str, Divergence] = {}
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1 << 32)
-    pairs = matrix_pairs(arches) if args.matrix else [(arch, args.old, args.new) for arch in arches]
+    pairs = run_pairs(args)
+    if not pairs:
+        raise UsageError(f"no architecture has both {args.old} and {args.new}")
+    arches = list(dict.fromkeys(a for a, _, _ in pairs))
     per_arch = args.max_time / len(pairs)
     for i, (arch, old_name, new_name) in enumerate(pairs):
         old, new = _side(arch, old_name, args.trace_timeout), _side(arch, new_name, args.trace_timeout)
@@ -165,8 +182,10 @@ def cmd_run(args) -> int:
                         schedules=args.schedules, preemptions=args.preemptions,
                         max_schedules=args.max_schedules,
                         minimize_budget=per_arch if args.minimize_budget is None else args.minimize_budget))
+    versions = list(dict.fromkeys((o, n) for _, o, n in pairs))
     what = (f"every adjacent pair of versions ({len(pairs)} pairs)" if args.matrix
-            else f"{args.old} vs {args.new}")
+            else "; ".join(f"{o} vs {n}" + (f" ({', '.join(a for a, oo, nn in pairs if (oo, nn) == (o, n))})"
+                                            if len(versions) > 1 else "") for o, n in versions))
     print(f"memslot-fuzz: {', '.join(arches)}: {what}, {args.max_time:g}s, "
           f"seed {seed}, saving to {args.out}/", file=sys.stderr)
     results = []
@@ -266,7 +285,7 @@ def check_atheris(what: str) -> None:
 
 def check_candidate_engine(args) -> None:
     """Engines that would have to run a candidate in this process are refused with one."""
-    if not (is_candidate(args.old) or is_candidate(args.new)):
+    if not (is_candidate(args.old or "") or is_candidate(args.new or "")):
         return
     why = {"atheris": "libFuzzer needs the model in its own process for coverage, where a candidate "
                       "could end or stall the run",
@@ -294,7 +313,7 @@ def check_run_options(args) -> None:
     if args.schedules == "exhaustive":
         if args.engine != "random":
             raise UsageError(f"--schedules exhaustive: only with --engine random (not {args.engine})")
-        if is_candidate(args.old) or is_candidate(args.new):
+        if is_candidate(args.old or "") or is_candidate(args.new or ""):
             raise UsageError("--schedules exhaustive cannot run a candidate (the explorer records each "
                              "side's scheduling points in this process, and a candidate runs only in its "
                              "worker); use --schedules pct")
@@ -306,7 +325,7 @@ def check_run_options(args) -> None:
         args.preemptions = DEFAULT_PREEMPTIONS
     if args.max_schedules is None:
         args.max_schedules = DEFAULT_RUN_SCHEDULES
-    if args.matrix and (args.old != registry.DEFAULT_OLD or args.new != registry.DEFAULT_NEW):
+    if args.matrix and (args.old is not None or args.new is not None):
         raise UsageError("--matrix fuzzes every adjacent pair of versions itself: drop --old/--new")
     if args.profile != "default" and args.engine != "random":
         raise UsageError(f"--profile {args.profile}: only with --engine random (not {args.engine}): "
@@ -585,8 +604,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the divergence to follow (default: every one the entry records)")
     r = sub.add_parser("run", help="fuzz old against new")
     r.add_argument("--arch", default="all", help="architecture name, or all (default)")
-    r.add_argument("--old", default=registry.DEFAULT_OLD, help="version or candidate file.py:Class / module:Class")
-    r.add_argument("--new", default=registry.DEFAULT_NEW, help="version or candidate file.py:Class / module:Class")
+    r.add_argument("--old", default=None, help="version or candidate file.py:Class / module:Class "
+                   f"(default {registry.DEFAULT_OLD}, or an arch's first version when it has none)")
+    r.add_argument("--new", default=None, help="version or candidate file.py:Class / module:Class "
+                   f"(default {registry.DEFAULT_NEW}, or an arch's newest version when it has no "
+                   f"{registry.DEFAULT_OLD})")
     r.add_argument("--max-time", type=argtypes.positive_float, default=60.0,
                    help="seconds in all (split over arches)")
     r.add_argument("--seed", type=argtypes.seed, default=None, help="random seed (default: random, printed)")
@@ -722,7 +744,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if (args.cmd == "run" and args.engine == "atheris") or args.cmd == "ci":
-            if not (is_candidate(args.old) or is_candidate(args.new)):   # that refusal says more
+            if not (is_candidate(args.old or "") or is_candidate(args.new or "")):   # that refusal says more
                 check_atheris("--engine atheris" if args.cmd == "run" else "ci")
         check_outputs(args)     # numbers are checked by their argparse types
         code = {"list": cmd_list, "run": cmd_run, "replay": cmd_replay, "show": cmd_show,
