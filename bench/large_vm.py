@@ -13,9 +13,10 @@ between figures measured in this same run, and nothing is asserted.
 * "memslots": the same profile with 25 / 50 / 100 / 200 / 400 slots and --events events
   per trace (same seed): CPU microseconds per event (best of --repeat), and the growth from the fewest to the most
   slots next to the growth of the slot count.  The kernel's own walk is linear in the slots
-  for v5.12 (every arch's hva handler loops over all memslots for each notifier event) and
-  logarithmic plus the slots hit for v5.13 (the interval tree): per-event cost that grows less
-  than the slot count grows no faster than the v5.12 walk the models run on one side.
+  in both versions compared: v5.12's per-arch hva handlers and v5.13's __kvm_handle_hva_range
+  both loop over every memslot of every address space for each notifier event (the interval
+  tree arrives in v5.17), so a per-event cost that grows less than the slot count grows no
+  faster than the kernel's walk.
 """
 from __future__ import annotations
 
