@@ -503,7 +503,7 @@ def cmd_show(args) -> int:
     old, new = _side(arch, old, args.trace_timeout), _side(arch, new, args.trace_timeout)   # Sides: a candidate
     res = run_trace(events, arch, old, new, load_known(), keep_observations=True)         # runs contained
     if args.html:
-        output.write_text(args.html, report.show_html(events, res, arch, old, new), "--html")
+        output.write_text(args.html, report.show_html(events, res, arch, old, new, args.hva_scale), "--html")
         print(f"memslot-fuzz: wrote {args.html}", file=sys.stderr)
     else:
         report.print_timeline(events, res, arch, old, new, sys.stdout)
@@ -701,6 +701,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--arch", default=None, help="default: the entry's, or x86-shadow for a plain trace")
     s.add_argument("--old", default=None)
     s.add_argument("--new", default=None)
+    s.add_argument("--hva-scale", choices=("compressed", "linear"), default="compressed",
+                   help="hva axis of the pictures: compressed (log, not to scale; the default) or linear "
+                        "(to scale: a 1-byte range is a hairline)")
     s.add_argument("--html", default=None, metavar="OUT.html",
                    help="write the timeline with a picture of each divergence as one HTML page "
                         "(a symlink is refused, a device or FIFO is written through)")

@@ -327,3 +327,11 @@ def test_loads_names_its_source():
     from fuzz.trace import TraceError, loads
     with pytest.raises(TraceError, match=r"^<stdin>: not a trace: JSON nested too deeply$"):
         loads(nested(100_000), "<stdin>")
+
+
+def test_show_html_draws_the_hva_axis_to_scale_on_request(tmp_path):
+    entry = sorted((Path(__file__).resolve().parent.parent / "corpus" / "mips").glob("*.json"))[0]
+    for scale in ("compressed", "linear"):
+        out = tmp_path / f"{scale}.html"
+        main(["show", str(entry), "--html", str(out), "--hva-scale", scale])
+        assert f'data-hva-scale="{scale}"' in out.read_text()
