@@ -46,6 +46,9 @@ def _worker(index: int, job: Job, known: list[KnownEntry], results, progress, pa
         res = run_job(job, known, tell)
     except KeyboardInterrupt:          # interrupted before run_job could catch it
         res = JobResult(job, interrupted=True, stopped_by="interrupted")
+    # the parent has the job; its Sides may hold classes the registry composes at run time
+    # (RISC-V's later layers), which pickle cannot name, and the result must reach the parent
+    res.job = None
     results.put(res)
 
 
@@ -117,7 +120,12 @@ def _run_parallel(job: Job, jobs: int, known: list[KnownEntry], quiet: bool, cla
             p.kill()
             p.join()
     _drain(progress, seen, per_worker, job, quiet)
+    if len(collected) < jobs and not merged.interrupted:
+        print(f"memslot-fuzz: {job.arch}: {jobs - len(collected)} of {jobs} workers ended without a "
+              "result (see above); what they saved is on disk, their counts are missing",
+              file=sys.stderr, flush=True)
     for res in collected:
+        res.job = job
         merged.events += res.events
         merged.traces += res.traces
         merged.schedules += res.schedules

@@ -151,3 +151,13 @@ def test_profile_is_refused_by_engines_that_do_not_generate(tmp_path, capsys):
                "--out", str(tmp_path / "o")])
     assert rc == 2
     assert "--profile" in capsys.readouterr().err
+
+
+def test_jobs_results_reach_the_parent_for_composed_models(tmp_path):
+    """RISC-V's versions are classes the registry composes at run time: a worker's result used to
+    carry them and fail to pickle, so --jobs 2 reported 0 traces for riscv."""
+    old, new = (Side(v, registry.resolve("riscv-sv39", v)) for v in ("v5.17", "v6.19"))
+    j = Job("riscv-sv39", old, new, 60, 1, tmp_path / "out", profile_config("default", tasks=True),
+            max_traces=10, minimize_attempts=20)
+    merged = run_parallel(j, 2, load_known(), quiet=True)
+    assert merged.traces == 10 and merged.events > 0 and merged.job is j
