@@ -22,6 +22,7 @@ from .trace import (ChangePte, ClearFlushYoung, ClearYoung, Event, FaultBegin, F
 
 P = 4096
 HUGE = 2 << 20
+GIGANTIC = 1 << 30                 # a 1 GiB host page (large-vm's backing)
 HVA_BASE = 0x7f0000000000           # 1 GiB aligned
 REGION_STRIDE = 16 << 20            # regions never touch each other unless a slot is placed so
 GPA_HUGE = HUGE // P                # 512 gfns
@@ -242,8 +243,9 @@ class _Gen:
             # what the mm sends a big guest is mostly local (reclaim, THP, NUMA balancing: a page,
             # a 2 MiB frame, a slot's worth); a range between two random slots of 400 would cover
             # a third of the guest every time, so it is kept, but rare
+            # (and the guest is 1 GiB pages: reclaim or DAMON aging a whole hugetlb page)
             shape = self.src.weighted([(1, "to-edge"), (4, "pages"), (1, "empty"), (1, "one-byte"),
-                                       (4, "huge"), (2, "to-slot-edge")])
+                                       (4, "huge"), (2, "to-slot-edge"), (1, "gigantic")])
         else:
             shape = self.src.weighted([(4, "to-edge"), (3, "pages"), (1, "empty"), (1, "one-byte"), (1, "huge")])
         if shape == "to-slot-edge":     # to an edge of the slot holding start, or of a neighbour
@@ -258,6 +260,9 @@ class _Gen:
             end = start
         elif shape == "one-byte":
             end = start + 1
+        elif shape == "gigantic":
+            start = start - start % GIGANTIC
+            end = start + GIGANTIC
         else:
             start = start - start % HUGE
             end = start + HUGE

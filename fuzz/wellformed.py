@@ -28,6 +28,7 @@ from .trace import (MAIN_TASK, TASK_ROLES, ChangePte, ClearFlushYoung, ClearYoun
 P = 4096
 PAGE_SIZES = (4096, 2 << 20, 1 << 30)
 PMD = 2 << 20
+PUD = 1 << 30
 USER_VA_END = 1 << 57           # above every arch's user address space (x86 LA57: 56 bits)
 RANGE_TYPES = (InvalidateRangeStart, InvalidateRangeEnd, ClearFlushYoung, ClearYoung)
 
@@ -269,13 +270,15 @@ def _allow_unmapped_aging(st: WalkState, i: int, ev: Event) -> None:
 
 
 def _allow_wide_aging_range(st: WalkState, i: int, ev: Event) -> None:
-    """An rmap walk ages one pte or one pmd per call: [addr, addr + PAGE_SIZE) or a 2 MiB
-    aligned [addr, addr + PMD_SIZE).  Allowed: wider ranges drive the walkers' loops."""
+    """An rmap walk ages one pte, one pmd or one hugetlb page per call: [addr, addr + PAGE_SIZE),
+    a 2 MiB aligned [addr, addr + PMD_SIZE), or a 1 GiB aligned [addr, addr + PUD_SIZE) (a 1 GiB
+    hugetlb folio: page_referenced, DAMON's damon_hugetlb_mkold).  Allowed: other ranges drive
+    the walkers' loops."""
     if isinstance(ev, (ClearFlushYoung, ClearYoung)):
         size = ev.end - ev.start
-        if not (size == P or (size == PMD and ev.start % PMD == 0)):
-            st.fail(i, ev, "end", f"[{ev.start:#x}, {ev.end:#x}) is neither one page nor one "
-                    "2 MiB pmd")
+        if not (size == P or (size in (PMD, PUD) and ev.start % size == 0)):
+            st.fail(i, ev, "end", f"[{ev.start:#x}, {ev.end:#x}) is neither one page, one 2 MiB pmd "
+                    "nor one 1 GiB hugetlb page")
 
 
 def _rule_task_role(st: WalkState, i: int, ev: Event) -> None:

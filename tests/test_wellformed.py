@@ -11,7 +11,7 @@ from fuzz.atheris_engine import decode, encode
 from fuzz.cli import main
 from fuzz.generate import GenConfig, RandomSource, generate
 from fuzz.mutator import MUTATIONS, mutate, mutate_events
-from fuzz.trace import (ChangePte, ClearYoung, FaultBegin, FaultCommit, GuestAccess, HostMap,
+from fuzz.trace import (ChangePte, ClearFlushYoung, ClearYoung, FaultBegin, FaultCommit, GuestAccess, HostMap,
                         InvalidateRangeEnd, InvalidateRangeStart, Release, SetMemoryRegion,
                         TestYoung, TraceError, trace_to_json)
 from fuzz.wellformed import ALLOWANCES, check_well_formed, well_formed
@@ -206,3 +206,28 @@ def test_replay_fails_an_untriaged_divergence_even_if_expected(tmp_path, capsys,
     (tmp_path / "c").mkdir()
     q = _entry(tmp_path / "c", "e.json", events, cshown, new=spec)
     assert main(["replay", str(q)]) == 0, capsys.readouterr().out
+
+
+def test_a_whole_1g_hugetlb_page_is_an_aging_range_the_kernel_sends():
+    # page_referenced / DAMON age a 1 GiB hugetlb folio in one call: [addr, addr + 1 GiB), aligned
+    G = 1 << 30
+    base = [HostMap(0x7e0000000000, G, 0x40000, page_size=G), ClearYoung(0x7e0000000000, 0x7e0000000000 + G)]
+    wellformed.check_well_formed(base, strict=True)
+    assert wellformed.allowances_needed([base[0], ClearYoung(0x7e0000000000 + P, 0x7e0000000000 + P + G)]) \
+        == {"wide-aging-range"}
+
+
+def test_the_large_vm_profile_ages_whole_1g_pages():
+    # what reaches RISC-V's Sv48-only PGDIR_SIZE WARN (a 1 GiB aging range) by fuzzing
+    from fuzz.generate import profile_config
+    G = 1 << 30
+    cfg = profile_config("large-vm", max_events=600)
+    rng = random.Random(5)
+    seen: set[str] = set()
+    for _ in range(40):
+        tr = generate(RandomSource(rng), cfg)
+        wellformed.check_well_formed(tr)
+        seen |= {e.op for e in tr if isinstance(e, ClearYoung | ClearFlushYoung | InvalidateRangeStart)
+                 and e.end - e.start == G and e.start % G == 0}
+    # aging and invalidation draw their ranges alike; both send whole 1 GiB pages
+    assert seen & {"clear_young", "clear_flush_young"} and "invalidate_range_start" in seen
