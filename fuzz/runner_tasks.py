@@ -259,7 +259,11 @@ def run_side(cls_make, events: list[Event], arch: str, apply_event) -> SideRun:
                 # invalidation whose start has returned covers, while these faults are in flight
                 bare = (isinstance(ev, ChangePte)
                         and not covers_page([(s, e) for _, s, e in model.host.open_invalidations], ev.hva))
-                in_flight = set(model.faults) if bare else set()
+                # begun and not committed, or inside fault_commit (it has popped its fault, and
+                # may be preempted before it takes mmu_lock)
+                in_flight = (set(model.faults) | {events[j].fault for j in current_event.values()
+                                                  if j is not None and isinstance(events[j], FaultCommit)}
+                             if bare else set())
                 if dead[0]:
                     obs = model.obs
                 else:
