@@ -68,14 +68,10 @@ def cmd_list_commits(args) -> int:
 
 def cmd_bisect(args) -> int:
     path = Path(args.trace)
-    try:
-        entry = corpus.load(path)
-        events, arch, expected = entry.events, entry.arch, list(entry.expect)
-    except TraceError:
-        events, arch, expected = load_trace(path), None, []
-    arch = registry.check_arch(args.arch or arch) if (args.arch or arch) else None
+    events, arch, _, _, expected = load_trace_arg(args)
     if arch is None:
         raise UsageError(f"bisect {path}: a plain trace needs --arch")
+    arch = registry.check_arch(arch)
     check_well_formed(events, str(path))
     if args.finding:
         parts = args.finding.split("/", 2)
@@ -490,15 +486,25 @@ def cmd_replay(args) -> int:
     return 1 if bad else 0
 
 
-def cmd_show(args) -> int:
+def load_trace_arg(args) -> tuple[list, str | None, str, str, list[str]]:
+    """The TRACE argument of show, explore and bisect: a corpus entry (its arch, versions and
+    recorded signatures) or a plain trace (no arch, the default versions, nothing recorded),
+    then --arch/--old/--new where the command has them and they were given."""
     path = Path(args.trace)
     try:
         entry = corpus.load(path)
-        events, arch, old, new = entry.events, entry.arch, entry.old, entry.new
+        events, arch, old, new, expect = entry.events, entry.arch, entry.old, entry.new, list(entry.expect)
     except TraceError:
         events = load_trace(path)       # a plain trace: raises its own one-line error
-        arch, old, new = "x86-shadow", registry.DEFAULT_OLD, registry.DEFAULT_NEW
-    arch, old, new = args.arch or arch, args.old or old, args.new or new
+        arch, old, new, expect = None, registry.DEFAULT_OLD, registry.DEFAULT_NEW, []
+    return (events, getattr(args, "arch", None) or arch, getattr(args, "old", None) or old,
+            getattr(args, "new", None) or new, expect)
+
+
+def cmd_show(args) -> int:
+    path = Path(args.trace)
+    events, arch, old, new, _ = load_trace_arg(args)
+    arch = arch or "x86-shadow"         # a plain trace names no arch
     check_well_formed(events, str(path))
     old, new = _side(arch, old, args.trace_timeout), _side(arch, new, args.trace_timeout)   # Sides: a candidate
     res = run_trace(events, arch, old, new, load_known(), keep_observations=True)         # runs contained
@@ -515,13 +521,8 @@ def cmd_explore(args) -> int:
     is replaced): how many ran, whether the bound was covered, each distinct divergence with the
     directive that shows it; a new one is minimized and saved as `run` saves it."""
     path = Path(args.trace)
-    try:
-        entry = corpus.load(path)
-        events, arch, old, new = entry.events, entry.arch, entry.old, entry.new
-    except TraceError:
-        events = load_trace(path)       # a plain trace: raises its own one-line error
-        arch, old, new = "x86-shadow", registry.DEFAULT_OLD, registry.DEFAULT_NEW
-    arch, old, new = args.arch or arch, args.old or old, args.new or new
+    events, arch, old, new, _ = load_trace_arg(args)
+    arch = arch or "x86-shadow"         # a plain trace names no arch
     for spec in (old, new):
         if is_candidate(spec):
             raise UsageError(f"explore cannot run a candidate ({spec}): the explorer records each side's "

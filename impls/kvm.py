@@ -87,6 +87,7 @@ class Kvm:
         self.slots_lock = Mutex("slots_lock")
         self.srcu = Srcu("kvm->srcu")
         self.fault_srcu: dict[int, int] = {}
+        self.fault_hva: int | None = None   # the hva of the fault installing leaves, while it does
         # (as_id, gfn) -> (pfn, task) of leaves a notifier zapped and no flush has covered yet
         self.unflushed: dict[tuple[int, int], tuple[int, str]] = {}
 
@@ -210,7 +211,7 @@ class Kvm:
         if self.host.open_invalidations and self.obs.op == "fault_commit":
             for task, start, end in self.host.open_invalidations:
                 if leaf.backs(start, end, self.page_shift):
-                    fault_hva = getattr(self, "fault_hva", None)
+                    fault_hva = getattr(self, "fault_hva", None)   # a candidate may skip __init__
                     page = 1 << self.page_shift
                     own = (fault_hva is None or leaf.pages == 1
                            or (start < (fault_hva & -page) + page and fault_hva & -page < end))
