@@ -13,7 +13,7 @@ ARCHES="${MEMSLOT_FUZZ_ARCHES:-x86-shadow x86-tdp arm64 mips ppc-hv-hash ppc-hv-
 for arch in $ARCHES; do
   # the fuzzer's name is its file name; the target reads its arch from it (memslot_<arch>)
   name="memslot_${arch//-/_}"
-  cp fuzz/atheris_target.py "$SRC/$name.py"
+  cp fuzz/engines/atheris_target.py "$SRC/$name.py"
   # registry.py imports the arch modules by name and triage reads oracles/known/*.toml:
   # PyInstaller sees neither, so name them
   compile_python_fuzzer "$SRC/$name.py" \

@@ -8,7 +8,7 @@ asserted.
 
 * "main_job": `memslot-fuzz run --arch all --max-time 60 --seed 1` in this process; per arch
   the traces and events it ran, its wall seconds, the seconds spent minimizing and saving new
-  signatures (timed around fuzz.engine.found, which every version of the engine calls for
+  signatures (timed around fuzz.engines.random_engine.found, which every version of the engine calls for
   each new signature) and the rest, the fuzzing seconds.
 * "jobs": the same command with --jobs 1 and with --jobs 2 (same seed, same --max-time), each
   timed as a whole, alternately --repeat times: events per wall second of the best run of
@@ -36,7 +36,8 @@ from pathlib import Path
 
 
 def main_job(args, root: Path) -> dict:
-    from fuzz import cli, engine
+    from fuzz import cli
+    from fuzz.engines import random_engine as engine
     spent: dict[str, float] = defaultdict(float)
     count: dict[str, int] = defaultdict(int)
     real_found = engine.found

@@ -7,7 +7,7 @@ every ratio is taken between figures measured in this same run, and nothing is a
     .venv/bin/python bench/core_loop.py [--traces 300] [--seed 1] [--repeat 3] \
         [--baseline COMMIT] [--arch x86-shadow ...]
 
-Per architecture: a fixed batch of traces (fuzz.generate with RandomSource(seed), `--traces`
+Per architecture: a fixed batch of traces (fuzz.engines.generate with RandomSource(seed), `--traces`
 of them, the GenConfig the `run` command uses: the arch's address spaces, sync_page on x86),
 run through v5.12 vs v5.13 with the known list.  Timed: the batch, the minimum over
 `--repeat` passes (the least disturbed one), in wall-clock and in this process's CPU time.  Findings, from one untimed pass: the distinct
@@ -38,7 +38,7 @@ HERE = Path(__file__).resolve()
 ROOT = Path(os.environ.get("CORE_LOOP_ROOT") or HERE.parent.parent)
 sys.path.insert(0, str(ROOT))
 
-from fuzz.generate import GenConfig, RandomSource, generate   # noqa: E402
+from fuzz.engines.generate import GenConfig, RandomSource, generate   # noqa: E402
 from fuzz.runner import Side, run_trace                       # noqa: E402
 from impls import registry                                    # noqa: E402
 from oracles.triage import load_known                         # noqa: E402

@@ -30,10 +30,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fuzz.generate import RandomSource, generate, profile_config    # noqa: E402
+from fuzz.engines.generate import RandomSource, generate, profile_config    # noqa: E402
 from fuzz.runner import Side, run_trace                             # noqa: E402
-from fuzz.trace import FaultBegin, HostMap, SetMemoryRegion         # noqa: E402
-from fuzz.wellformed import check_well_formed                       # noqa: E402
+from language.trace import FaultBegin, HostMap, SetMemoryRegion         # noqa: E402
+from language.wellformed import check_well_formed                       # noqa: E402
 from impls import registry                                          # noqa: E402
 from oracles.triage import load_known                               # noqa: E402
 

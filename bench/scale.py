@@ -33,10 +33,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fuzz.runner import Side, run_trace                     # noqa: E402
-from fuzz.trace import (ChangePte, ClearYoung, FaultBegin, FaultCommit, GuestAccess,  # noqa: E402
+from language.trace import (ChangePte, ClearYoung, FaultBegin, FaultCommit, GuestAccess,  # noqa: E402
                         HostMap, InvalidateRangeEnd, InvalidateRangeStart, SetMemoryRegion,
                         TestYoung)
-from fuzz.wellformed import check_well_formed               # noqa: E402
+from language.wellformed import check_well_formed               # noqa: E402
 from impls import registry                                  # noqa: E402
 from oracles.triage import load_known                       # noqa: E402
 

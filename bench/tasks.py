@@ -8,7 +8,7 @@
   event a task's, default schedule): the price the atomic path avoids.
 * three_task_schedules_per_s: one fixed three-task program (an mm task with a nested
   invalidation, the memslot ioctl, a vCPU) run under N different PCT schedules on series-v1.
-* exhaustive_*: every schedule (fuzz/explore.py) of a smaller three-task program (the mm maps
+* exhaustive_*: every schedule (fuzz/engines/explore.py) of a smaller three-task program (the mm maps
   and invalidates, the ioctl adds a slot, a vCPU faults: 6 events) on v5.13 vs series-v1, for
   each preemption bound K = 0 .. --preemptions: how many schedules (each run on both sides and
   compared), and schedules/s over all of them.
@@ -24,10 +24,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fuzz.explore import explore                                 # noqa: E402
-from fuzz.generate import GenConfig, RandomSource, generate      # noqa: E402
+from fuzz.engines.explore import explore                                 # noqa: E402
+from fuzz.engines.generate import GenConfig, RandomSource, generate      # noqa: E402
 from fuzz.runner import Side, run_trace                          # noqa: E402
-from fuzz.trace import (FaultBegin, FaultCommit, HostMap, InvalidateRangeEnd,   # noqa: E402
+from language.trace import (FaultBegin, FaultCommit, HostMap, InvalidateRangeEnd,   # noqa: E402
                         InvalidateRangeStart, Schedule, SetMemoryRegion)
 from impls import registry                                       # noqa: E402
 from oracles.triage import load_known                            # noqa: E402

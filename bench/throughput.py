@@ -13,8 +13,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fuzz.engine import Job, minimized            # noqa: E402
-from fuzz.generate import GenConfig, RandomSource, generate   # noqa: E402
+from fuzz.engines.random_engine import Job, minimized            # noqa: E402
+from fuzz.engines.generate import GenConfig, RandomSource, generate   # noqa: E402
 from fuzz.runner import Side, run_trace            # noqa: E402
 from impls import registry                          # noqa: E402
 from oracles.triage import load_known              # noqa: E402

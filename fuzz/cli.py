@@ -26,17 +26,19 @@ from impls.registry import ModelLoadError
 from oracles.compare import Divergence
 from oracles.triage import KnownListError, is_candidate, load_known
 
-from . import argtypes, contain, corpus, history, lifetime, output, report
-from .publish import publish_new
-from .engine import Job, JobResult, console_progress, found, run_job, save_divergence
-from .explore import ExploreError, explore, program_tasks, strip_schedule
-from .hypothesis_engine import run_hypothesis
-from .generate import GenConfig, PROFILES, profile_config
-from .parallel import run_parallel
-from .runner import CandidateError, Side, run_trace
-from .trace import TraceError, event_to_json
-from .wellformed import check_well_formed
-from .trace import load as load_trace
+from fuzz import argtypes, contain, corpus, history, lifetime, output
+
+from fuzz.reports import summary as report, timeline
+from fuzz.publish import publish_new
+from fuzz.engines.random_engine import Job, JobResult, console_progress, found, run_job, save_divergence
+from fuzz.engines.explore import ExploreError, explore, program_tasks, strip_schedule
+from fuzz.engines.hypothesis_engine import run_hypothesis
+from fuzz.engines.generate import GenConfig, PROFILES, profile_config
+from fuzz.engines.parallel import run_parallel
+from fuzz.runner import CandidateError, Side, run_trace
+from language.trace import TraceError, event_to_json
+from language.wellformed import check_well_formed
+from language.trace import load as load_trace
 
 
 class UsageError(Exception):
@@ -360,7 +362,7 @@ def write_report(args, text: str) -> None:
 
 def run_with_atheris(job: Job, args, known) -> JobResult:
     """One architecture under libFuzzer: warm-started from corpus/seeds and corpus/<arch>."""
-    from . import atheris_engine
+    from fuzz.engines import atheris_engine
     root = Path(__file__).resolve().parent.parent / "corpus"
     label = f"{job.arch} {job.old.name}..{job.new.name}"
     run = atheris_engine.run_atheris_stats(
@@ -382,7 +384,7 @@ def run_with_atheris(job: Job, args, known) -> JobResult:
 
 def run_with_exhaustive(job: Job, args, known) -> JobResult:
     """Every small layout against every range, within --max-time (the report says how far)."""
-    from . import exhaustive
+    from fuzz.engines import exhaustive
     divs, stats = exhaustive.run_exhaustive(
         job.arch, job.old, job.new, known, max_slots=args.slots, max_pages=args.pages,
         max_as=args.address_spaces, deadline=time.monotonic() + job.max_time,
@@ -400,7 +402,7 @@ def run_with_exhaustive(job: Job, args, known) -> JobResult:
 
 
 def cmd_ci(args) -> int:
-    from . import atheris_engine, ci_modes
+    from fuzz.engines import atheris_engine, ci_modes
     arches = None if args.arch == "all" else [registry.check_arch(args.arch)]
     if is_candidate(args.old) or is_candidate(args.new):
         raise UsageError("ci runs the atheris engine, which cannot run a candidate (libFuzzer needs the "
@@ -416,7 +418,7 @@ def cmd_ci(args) -> int:
 
 def cmd_replay(args) -> int:
     """Each entry passes, or fails with one line and the replay goes on (exit 1 at the end):
-    an entry that cannot be loaded, is not a kernel-possible trace (fuzz.wellformed), names a
+    an entry that cannot be loaded, is not a kernel-possible trace (language.wellformed), names a
     model that does not load, shows something else than it records, or shows a divergence the
     known list does not explain (recorded or not) unless one of its versions is a candidate.
     Exit 2 (input error, one line on stderr after the summary) when an entry is not a corpus
@@ -509,10 +511,10 @@ def cmd_show(args) -> int:
     old, new = _side(arch, old, args.trace_timeout), _side(arch, new, args.trace_timeout)   # Sides: a candidate
     res = run_trace(events, arch, old, new, load_known(), keep_observations=True)         # runs contained
     if args.html:
-        output.write_text(args.html, report.show_html(events, res, arch, old, new, args.hva_scale), "--html")
+        output.write_text(args.html, timeline.show_html(events, res, arch, old, new, args.hva_scale), "--html")
         print(f"memslot-fuzz: wrote {args.html}", file=sys.stderr)
     else:
-        report.print_timeline(events, res, arch, old, new, sys.stdout)
+        timeline.print_timeline(events, res, arch, old, new, sys.stdout)
     return 1 if any(not d.known for d in res.divergences) else 0
 
 

@@ -3,7 +3,7 @@ process, so nothing it does can end or stall the tool.
 
 * `side(arch, spec, timeout)` gives our own models as in-process Sides (run at full speed, as
   always) and a candidate as a CandidateSide: a name with no class.  fuzz.runner.run_trace
-  (and fuzz.picture.replay_details, for pictures and `show`) send every trace with a
+  (and fuzz.details.replay_details, for pictures and `show`) send every trace with a
   CandidateSide to the worker of its (arch, old, new) pair; the parent never imports or runs
   the candidate's code.  What the parent needs of the class (address_space_num) is probed in
   the worker (`probe`).
@@ -41,8 +41,8 @@ from oracles.compare import Divergence
 from oracles.reference import expect
 from oracles.triage import KnownEntry, is_candidate, mark_known
 
-from . import lifetime, runner
-from .trace import HostMap
+from fuzz import lifetime, runner
+from language.trace import HostMap
 
 DEFAULT_TRACE_TIMEOUT = 5.0        # seconds per trace (and for importing + constructing)
 ADDRESS_SPACE_LIMIT = 512 << 20    # RLIMIT_AS of a worker: 512 MiB on top of what it inherits
@@ -108,7 +108,7 @@ def _os_exit_raises(status=0):
 class _Publisher:
     """In the worker: publishes in shared memory which side and which event of the current trace
     is being applied, so the tool knows it after killing a worker that hung.  It wraps
-    runner.apply_event (which run_trace, task mode included, and picture.replay_details call),
+    runner.apply_event (which run_trace, task mode included, and details.replay_details call),
     so it holds whatever order the events run in."""
 
     def __init__(self, where):
@@ -155,9 +155,9 @@ def _serve(conn, arch: str, names: tuple[str, str], where, parent_pid: int) -> N
         resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
     os._exit = _os_exit_raises
     runner.CAUGHT = BaseException
-    from . import picture
+    from fuzz import details
     publisher = _Publisher(where)
-    runner.apply_event = picture.apply_event = publisher.published_apply_event
+    runner.apply_event = publisher.published_apply_event     # details reads it at call time
     sides = {}
     try:
         for code, (k, name) in enumerate(zip(SIDES, names)):
@@ -186,7 +186,7 @@ def _serve(conn, arch: str, names: tuple[str, str], where, parent_pid: int) -> N
             if what == "run_trace":
                 msg = ("ok", runner.run_trace(events, arch, sides["old"], sides["new"], [], *args[1:]))
             elif what == "replay_details":
-                msg = ("ok", picture.replay_details(events, sides["old"], sides["new"], *args[1:]))
+                msg = ("ok", details.replay_details(events, sides["old"], sides["new"], *args[1:]))
             else:   # "initial": each side's state before any event
                 msg = ("ok", tuple(s.make().snapshot() for s in sides.values()))
         except BaseException as e:
@@ -442,9 +442,9 @@ def _failed_observations(op: str, f: Failure) -> tuple[Observation, Observation]
 
 def replay_details_contained(events: list, old: runner.Side, new: runner.Side,
                              upto: int | None = None) -> list:
-    """fuzz.picture.replay_details for a pair with a candidate.  The event a model hung or died
+    """fuzz.details.replay_details for a pair with a candidate.  The event a model hung or died
     on is drawn from the state before it, with that side's observation marked crashed."""
-    from .picture import EventDetail, SideView
+    from fuzz.details import EventDetail, SideView
     arch = next(s.arch for s in (old, new) if s.contained)
     last = len(events) - 1 if upto is None else min(upto, len(events) - 1)
     reply = _call(arch, old, new, "replay_details", events[:last + 1], upto)

@@ -20,8 +20,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .publish import publish_new
-from .trace import SCHEMA, Event, TraceError, event_to_json, read_json, trace_from_json
+from fuzz.publish import publish_new
+from language.trace import SCHEMA, Event, TraceError, event_to_json, read_json, trace_from_json
 
 
 @dataclass

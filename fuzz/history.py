@@ -33,9 +33,9 @@ from impls.kvm import Kvm
 from oracles.compare import SideResult, check_side
 from oracles.reference import expect, trace_contexts
 
-from .runner import apply_event
-from .runner_tasks import needs_task_mode, run_side
-from .trace import Event, Schedule
+from fuzz.runner import apply_event
+from fuzz.runner_tasks import needs_task_mode, run_side
+from language.trace import Event, Schedule
 
 OFF_MAINLINE = {"series-v1"}
 

@@ -8,8 +8,8 @@ import dataclasses
 import time
 from typing import Callable
 
-from .wellformed import ALLOWANCES, allowances_needed, well_formed
-from .trace import (ClearFlushYoung, ClearYoung, Event, InvalidateRangeEnd,
+from language.wellformed import ALLOWANCES, allowances_needed, well_formed
+from language.trace import (ClearFlushYoung, ClearYoung, Event, InvalidateRangeEnd,
                     InvalidateRangeStart, partner, Schedule)
 
 P = 4096
@@ -63,7 +63,7 @@ def minimize(events: list[Event], fails: Callable[[list[Event]], bool],
     """Smallest trace we can find for which `fails` still holds, within max_seconds, or,
     when max_attempts is given, within that many calls of `fails` whatever the time (the
     result is then a function of the input alone).  A candidate may not use a well-formedness
-    allowance the input did not (fuzz.wellformed.ALLOWANCES): what a running kernel could send
+    allowance the input did not (language.wellformed.ALLOWANCES): what a running kernel could send
     minimizes to what a running kernel could send, so reachability judges the real trace."""
     clock = _Clock(max_seconds, max_attempts)
     best = list(events)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from . import output
+from fuzz import output
 
 
 def publish_new(path: Path, text: str) -> bool:

@@ -10,7 +10,7 @@ model behaviour but not something a running kernel can hit.
     reach_and_needs(...) -> (that, the kernel rules the trace still breaks: [] = kernel-reachable)
     aligned_trace(events, page_size=4096) -> list[Event]
 
-Alignment is one of the rules the generator breaks on purpose (fuzz.wellformed.ALLOWANCES); a
+Alignment is one of the rules the generator breaks on purpose (language.wellformed.ALLOWANCES); a
 bare change_pte, an empty range, aging an unmapped page or a wide aging range are the others.
 A divergence is reachable by a running kernel only when its trace needs none of them; the
 minimizer never adds one the found trace did not use (fuzz.minimize).
@@ -21,10 +21,10 @@ from dataclasses import replace
 
 from oracles.triage import KnownEntry
 
-from .runner import Side, run_trace
-from .trace import (ChangePte, ClearFlushYoung, ClearYoung, Event, InvalidateRangeEnd,
+from fuzz.runner import Side, run_trace
+from language.trace import (ChangePte, ClearFlushYoung, ClearYoung, Event, InvalidateRangeEnd,
                     InvalidateRangeStart, TestYoung)
-from .wellformed import allowances_needed, well_formed
+from language.wellformed import allowances_needed, well_formed
 
 ALIGNED = "aligned"
 UNALIGNED_ONLY = "unaligned-only"
@@ -60,7 +60,7 @@ def reachability(events: list[Event], arch: str, old_side: Side, new_side: Side,
 
 def reach_and_needs(events: list[Event], arch: str, old_side: Side, new_side: Side,
                     known: list[KnownEntry], signature: str) -> tuple[str, list[str]]:
-    """`reachability`, and the kernel rules (fuzz.wellformed.ALLOWANCES) that the trace which
+    """`reachability`, and the kernel rules (language.wellformed.ALLOWANCES) that the trace which
     shows the signature still breaks: the aligned trace's when it shows it, else the trace's
     own (then "unaligned" among them).  No rule: a running kernel can send that trace."""
     page = 1 << getattr(old_side.cls, "page_shift", 12)

@@ -11,18 +11,18 @@ from pathlib import Path
 from impls.kvm import Kvm, ModelError
 from impls.tasks import SchedulerStop
 
-from .runner_tasks import needs_task_mode, run_trace_tasks
+from fuzz.runner_tasks import needs_task_mode, run_trace_tasks
 from impls.machine import HostPte
 from impls.observation import Observation
 from oracles.compare import Divergence, SideResult, compare_event
 from oracles.reference import expect, same_memslots, trace_contexts
 from oracles.triage import KnownEntry, mark_known
 
-from .trace import (ChangePte, ClearFlushYoung, ClearYoung, Event, FaultBegin, FaultCommit,
+from language.trace import (ChangePte, ClearFlushYoung, ClearYoung, Event, FaultBegin, FaultCommit,
                     GuestAccess, HostMap, InvalidateRangeEnd, InvalidateRangeStart, Release,
                     SetMemoryRegion, SyncPage, TestYoung, Schedule)
-from .trace import notifier_range
-from .wellformed import check_well_formed, well_formed  # noqa: F401  (re-exported)
+from language.trace import notifier_range
+from language.wellformed import check_well_formed, well_formed  # noqa: F401  (re-exported)
 
 
 class CandidateError(Exception):
@@ -143,7 +143,7 @@ def run_trace(events: list[Event], arch: str, old: Side, new: Side, known: list[
     (the first event that shows a signature is the one reported).  A user's candidate runs
     only in its worker process, under a deadline (fuzz/contain.py)."""
     if old.contained or new.contained:
-        from .contain import run_trace_contained
+        from fuzz.contain import run_trace_contained
         return run_trace_contained(events, arch, old, new, known, keep_observations, stop_at_first)
     if needs_task_mode(events, old.cls, new.cls):
         return _run_trace_tasks(events, arch, old, new, known, keep_observations)

@@ -41,8 +41,8 @@ from impls.tasks import LockdepMap, RwSem, Scheduler
 from oracles.compare import INSTANT, MEMSLOTS, STATE, Divergence, Finding, SideResult, check_side, merge_findings
 from oracles.reference import covers_page, expect
 
-from .schedule import policy_for
-from .trace import (MAIN_TASK, TASK_ROLES, ChangePte, Event, FaultCommit, HostMap, InvalidateRangeEnd, InvalidateRangeStart,
+from fuzz.schedule import policy_for
+from language.trace import (MAIN_TASK, TASK_ROLES, ChangePte, Event, FaultCommit, HostMap, InvalidateRangeEnd, InvalidateRangeStart,
                     Release, Schedule, task_role)
 
 NEVER = 1 << 60

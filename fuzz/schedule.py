@@ -13,7 +13,7 @@ Two policies, both deterministic, so a saved trace replays its schedule exactly:
   random scheduling points the running task drops below every other.  A bug of depth d shows
   with probability at least 1/(n k^(d-1)) per run (n tasks, k steps).
 
-Exploration (fuzz/explore.py) draws PCT schedules for random runs and enumerates preempt lists
+Exploration (fuzz/engines/explore.py) draws PCT schedules for random runs and enumerates preempt lists
 up to a bound for exhaustive ones; the minimizer shrinks either form.
 """
 from __future__ import annotations
@@ -24,9 +24,9 @@ from typing import Callable, Iterator
 
 from impls.tasks import Policy, Scheduler, Task
 
-from .trace import Event, Schedule
+from language.trace import Event, Schedule
 
-# Who watches the choices (fuzz/explore.py): called as recorder(sched, runnable, current,
+# Who watches the choices (fuzz/engines/explore.py): called as recorder(sched, runnable, current,
 # at_boundary, chosen) at every scheduling point of every run while it is installed.
 Recorder = Callable[[Scheduler, list[Task], "Task | None", bool, Task], None]
 _recorders: list[Recorder] = []

@@ -110,7 +110,7 @@ def expect(ev: Event, pre: State, like: Expectation | None = None) -> Expectatio
 
 def covers_page(ranges, hva: int, page: int = 4096) -> bool:
     """Does one of the (start, end) ranges cover the whole page of `hva`?  set_pte_at_notify
-    runs inside an invalidation of its page (fuzz/wellformed.py's bare-change_pte rule)."""
+    runs inside an invalidation of its page (language/wellformed.py's bare-change_pte rule)."""
     first = hva - hva % page
     return any(s <= first and first + page <= e for s, e in ranges)
 

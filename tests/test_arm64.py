@@ -5,7 +5,7 @@ slot 0 maps gfns [0x100, 0x110) at HVA, backed by pfns 0x5000.. (4K host pages).
 """
 from __future__ import annotations
 
-from fuzz.trace import (ChangePte, ClearFlushYoung, ClearYoung, FaultBegin, FaultCommit,
+from language.trace import (ChangePte, ClearFlushYoung, ClearYoung, FaultBegin, FaultCommit,
                         InvalidateRangeEnd, InvalidateRangeStart, Release, SetMemoryRegion,
                         TestYoung)
 from impls.arm64 import (MODELS, W_AGE_SIZE, W_SET_SPTE_SIZE, W_TEST_AGE_SIZE, W_UNMAP_NO_PGT,

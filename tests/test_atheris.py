@@ -12,13 +12,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fuzz import corpus
-from fuzz.atheris_engine import (TARGET, BytesSource, TargetConfig, TargetConfigError, decode,
+from fuzz.engines.atheris_engine import (TARGET, BytesSource, TargetConfig, TargetConfigError, decode,
                                  encode, json_trace, run_atheris_stats, target_env)
-from fuzz.ci_modes import CiError, ci_mode
-from fuzz.generate import GenConfig, RandomSource, generate
-from fuzz.mutator import MUTATIONS, mutate, mutate_events, slots_of
+from fuzz.engines.ci_modes import CiError, ci_mode
+from fuzz.engines.generate import GenConfig, RandomSource, generate
+from fuzz.engines.mutator import MUTATIONS, mutate, mutate_events, slots_of
 from fuzz.runner import Side, check_well_formed, run_trace
-from fuzz.trace import InvalidateRangeEnd, InvalidateRangeStart
+from language.trace import InvalidateRangeEnd, InvalidateRangeStart
 from impls import registry
 from oracles.triage import load_known
 

@@ -8,7 +8,7 @@ import pytest
 
 from fuzz import history
 from fuzz.cli import main
-from fuzz.trace import ClearYoung, FaultBegin, FaultCommit, HostMap, SetMemoryRegion, dumps
+from language.trace import ClearYoung, FaultBegin, FaultCommit, HostMap, SetMemoryRegion, dumps
 from impls import registry
 
 REPO = Path(__file__).resolve().parent.parent

@@ -11,14 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from fuzz import corpus, engine
+from fuzz import corpus
+
+from fuzz.engines import random_engine as engine
 from fuzz.cli import main
-from fuzz.engine import Job, run_job
-from fuzz.generate import GIB, RandomSource, generate, profile_config
-from fuzz.parallel import run_parallel
+from fuzz.engines.random_engine import Job, run_job
+from fuzz.engines.generate import GIB, RandomSource, generate, profile_config
+from fuzz.engines.parallel import run_parallel
 from fuzz.runner import Side
-from fuzz.trace import FaultBegin, HostMap, SetMemoryRegion
-from fuzz.wellformed import check_well_formed
+from language.trace import FaultBegin, HostMap, SetMemoryRegion
+from language.wellformed import check_well_formed
 from impls import registry
 from oracles.triage import load_known
 

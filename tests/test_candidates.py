@@ -4,9 +4,9 @@ import pytest
 
 from util import HVA, P, diverge, host, slot
 
-from fuzz.engine import Job, run_job
-from fuzz.trace import FaultBegin, FaultCommit, HostMap, InvalidateRangeEnd, InvalidateRangeStart
-from fuzz.generate import GenConfig
+from fuzz.engines.random_engine import Job, run_job
+from language.trace import FaultBegin, FaultCommit, HostMap, InvalidateRangeEnd, InvalidateRangeStart
+from fuzz.engines.generate import GenConfig
 from fuzz.runner import Side
 from impls import registry
 from oracles.triage import load_known

@@ -324,7 +324,7 @@ def test_replay_refuses_a_bad_entry_with_one_line(tmp_path, capsys, content, mes
 
 
 def test_loads_names_its_source():
-    from fuzz.trace import TraceError, loads
+    from language.trace import TraceError, loads
     with pytest.raises(TraceError, match=r"^<stdin>: not a trace: JSON nested too deeply$"):
         loads(nested(100_000), "<stdin>")
 

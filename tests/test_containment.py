@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from fuzz import contain
-from fuzz.generate import GenConfig, RandomSource, generate
+from fuzz.engines.generate import GenConfig, RandomSource, generate
 from fuzz.runner import Side, run_trace
-from fuzz.trace import FaultBegin, FaultCommit, HostMap, InvalidateRangeEnd, InvalidateRangeStart, SetMemoryRegion
+from language.trace import FaultBegin, FaultCommit, HostMap, InvalidateRangeEnd, InvalidateRangeStart, SetMemoryRegion
 from impls import registry
 from oracles.triage import load_known
 

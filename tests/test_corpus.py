@@ -6,7 +6,7 @@ import pytest
 
 from fuzz import corpus
 from fuzz.runner import Side, check_well_formed, run_trace
-from fuzz.trace import InvalidateRangeEnd, InvalidateRangeStart
+from language.trace import InvalidateRangeEnd, InvalidateRangeStart
 from impls import registry
 from oracles.triage import load_known
 

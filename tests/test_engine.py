@@ -16,10 +16,10 @@ import pytest
 from util import HVA, P, fault, host, slot
 
 from fuzz import corpus
-from fuzz.engine import Job, minimized
-from fuzz.parallel import run_parallel
+from fuzz.engines.random_engine import Job, minimized
+from fuzz.engines.parallel import run_parallel
 from fuzz.runner import Side, run_trace
-from fuzz.trace import ClearYoung, InvalidateRangeEnd, InvalidateRangeStart, TestYoung
+from language.trace import ClearYoung, InvalidateRangeEnd, InvalidateRangeStart, TestYoung
 from impls.x86_shadow import X86ShadowV5_12, X86ShadowV5_13
 from oracles.triage import load_known
 

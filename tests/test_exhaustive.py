@@ -5,10 +5,10 @@ import time
 
 import pytest
 
-from fuzz.exhaustive import (GFN_BASE, _clamped, HVA_BASE, OPS, ExhaustiveError, Layout, SlotSpec, layouts,
+from fuzz.engines.exhaustive import (GFN_BASE, _clamped, HVA_BASE, OPS, ExhaustiveError, Layout, SlotSpec, layouts,
                              ranges, run_exhaustive, run_layout)
 from fuzz.runner import Side, check_well_formed, run_trace
-from fuzz.trace import SetMemoryRegion
+from language.trace import SetMemoryRegion
 from impls import registry
 from impls.x86_shadow import X86ShadowV5_13
 from oracles.triage import load_known

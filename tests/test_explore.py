@@ -1,4 +1,4 @@
-"""Bounded exhaustive schedules (fuzz/explore.py): hand-counted trees, the bugs of
+"""Bounded exhaustive schedules (fuzz/engines/explore.py): hand-counted trees, the bugs of
 tests/test_tasks.py found from their programs without a schedule, exact replay of every
 explored directive, and the `explore` command."""
 from __future__ import annotations
@@ -8,12 +8,12 @@ import json
 import pytest
 
 from fuzz import cli
-from fuzz.explore import (exits_commute, explore, explore_side, program_tasks, replay_choices,
+from fuzz.engines.explore import (exits_commute, explore, explore_side, program_tasks, replay_choices,
                           strip_schedule)
 from fuzz.runner import run_trace
-from fuzz.trace import (GuestAccess, HostMap, InvalidateRangeEnd, InvalidateRangeStart, Release, Schedule,
+from language.trace import (GuestAccess, HostMap, InvalidateRangeEnd, InvalidateRangeStart, Release, Schedule,
                         SetMemoryRegion, dumps, loads)
-from fuzz.wellformed import check_well_formed
+from language.wellformed import check_well_formed
 from test_tasks import KNOWN, YIELD, H, P, no_flush_yield, side
 
 # Two tasks, two events each, on x86-shadow v5.13.  mm0's invalidate_range_start has three

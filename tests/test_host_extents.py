@@ -201,10 +201,10 @@ def test_extents_agree_with_the_per_page_table(shift, seed):
             ref.lookup(a) is not None for a in range(addr & -pg, end, pg))
 
 
-# ----- fuzz/wellformed.py: mapped host pages as runs ----------------------------------------
+# ----- language/wellformed.py: mapped host pages as runs ----------------------------------------
 
 def test_page_runs_agree_with_a_set_of_pages():
-    from fuzz.wellformed import PageRuns
+    from language.wellformed import PageRuns
     rng = random.Random(5)
     runs, pages_ = PageRuns(), set()
     for _ in range(400):
@@ -232,7 +232,7 @@ def _old_mapped_in(host_pages: set, start: int, end: int) -> bool:
 
 
 def test_walk_state_over_runs_answers_as_the_page_set_did():
-    from fuzz.wellformed import WalkState
+    from language.wellformed import WalkState
     rng = random.Random(9)
     for _ in range(30):
         st, old = WalkState(), set()
@@ -256,7 +256,7 @@ def test_walk_state_over_runs_answers_as_the_page_set_did():
 
 def test_lost_race_names_the_first_present_page_no_invalidation_covers():
     from fuzz.runner_tasks import lost_race
-    from fuzz.trace import HostMap
+    from language.trace import HostMap
     h = HostPageTable()
     h.map(HVA, G1, 1 << 18, G1, True)
     h.open_invalidations.append(("mm0", HVA, HVA + 5 * P + 1))      # covers pages 0..4 whole

@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 
 from fuzz.runner import Side, apply_event, run_trace
-from fuzz.trace import (ChangePte, ClearYoung, FaultBegin, FaultCommit, HostMap, InvalidateRangeEnd,
+from language.trace import (ChangePte, ClearYoung, FaultBegin, FaultCommit, HostMap, InvalidateRangeEnd,
                         InvalidateRangeStart, SetMemoryRegion, TestYoung)
 from impls import registry
 from impls.kvm_main_v6_8 import INVALID_GPA
@@ -283,7 +283,7 @@ def test_cli_list_shows_the_versions_in_order_and_accepts_mainline(tmp_path, cap
 
 @pytest.mark.parametrize("arch,locked", [("x86-shadow", True), ("x86-tdp", False)])
 def test_x86_mainline_ages_without_the_walkers_lock_and_elides_the_flush(arch, locked):
-    from fuzz.trace import ClearFlushYoung
+    from language.trace import ClearFlushYoung
     for version in ("v6.10", "v6.19"):
         m = make(arch, version)
         run(m, HostMap(H, 4 * P, 0x1000), SetMemoryRegion(0, 0, 0, 0x100 * P, 4 * P, H),

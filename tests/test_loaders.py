@@ -1,4 +1,4 @@
-"""Robust loaders: every input under tests/data/loader_crashes/ (what fuzz/loader_target.py
+"""Robust loaders: every input under tests/data/loader_crashes/ (what fuzz/engines/loader_target.py
 found, and what the audit of the loaders found) and tests/data/loader_seeds/ goes through the
 trace, corpus-entry, known-list and report loaders, which may only raise their one-line input
 errors (TraceError, KnownListError, ReportError)."""
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from fuzz.loader_target import check_loaders
+from fuzz.engines.loader_target import check_loaders
 from oracles.triage import KnownListError, load_known, loads_known
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -28,7 +28,9 @@ def test_loaders_raise_only_their_one_line_input_errors(path, tmp_path):
 
 
 def test_the_seeds_load_as_what_they_are(tmp_path):
-    from fuzz import corpus, report, trace
+    from fuzz import corpus
+    from fuzz.reports import summary as report
+    from language import trace
     import json
     trace.load(DATA / "loader_seeds" / "plain-trace.json")
     corpus.load(DATA / "loader_seeds" / "corpus-entry.json")

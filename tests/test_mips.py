@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from fuzz.trace import (ChangePte, ClearFlushYoung, ClearYoung, FaultBegin, FaultCommit,
+from language.trace import (ChangePte, ClearFlushYoung, ClearYoung, FaultBegin, FaultCommit,
                         GuestAccess, InvalidateRangeEnd, InvalidateRangeStart, Release, TestYoung)
 from impls.machine import KVM_MEM_LOG_DIRTY_PAGES, KVM_MEM_READONLY, Leaf
 from impls.mips import MODELS, PTRS_PER_PTE, MipsV5_12, MipsV5_13

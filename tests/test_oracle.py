@@ -2,7 +2,7 @@
 mistakes: the oracle must name the class, the wrong side and the shape."""
 from util import HVA, P, diverge, fault, host, slot
 
-from fuzz.trace import ChangePte, ClearFlushYoung, InvalidateRangeEnd, InvalidateRangeStart, TestYoung
+from language.trace import ChangePte, ClearFlushYoung, InvalidateRangeEnd, InvalidateRangeStart, TestYoung
 from impls.kvm import State
 from impls.machine import Memslot
 from impls.x86_shadow import X86ShadowV5_12, X86ShadowV5_13

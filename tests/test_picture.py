@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from fuzz import picture, report
-from fuzz.engine import Job, run_job
-from fuzz.generate import GenConfig
+from fuzz.reports import picture, summary as report, timeline
+from fuzz.engines.random_engine import Job, run_job
+from fuzz.engines.generate import GenConfig
 from fuzz.runner import Side, run_trace
-from fuzz.trace import InvalidateRangeEnd, InvalidateRangeStart
+from language.trace import InvalidateRangeEnd, InvalidateRangeStart
 from oracles.compare import Divergence
 from impls.registry import resolve
 from oracles.triage import load_known
@@ -226,9 +226,9 @@ def test_show_html_and_render_html_take_the_hva_scale():
     ev = arm64_unaligned_unmap()
     o, n = sides("arm64", "v5.12", "v5.13")
     res = run_trace(ev, "arm64", o, n, load_known(), keep_observations=True)
-    page = report.show_html(ev, res, "arm64", o, n, hva_scale="linear")
+    page = timeline.show_html(ev, res, "arm64", o, n, hva_scale="linear")
     assert 'data-hva-scale="linear"' in page and 'data-hva-scale="compressed"' not in page
-    assert 'data-hva-scale="compressed"' in report.show_html(ev, res, "arm64", o, n)
+    assert 'data-hva-scale="compressed"' in timeline.show_html(ev, res, "arm64", o, n)
     d = res.divergences[0]
     assert 'data-hva-scale="linear"' in picture.render_html(ev, d, "arm64", o, n, hva_scale="linear")
 
@@ -347,7 +347,7 @@ def test_show_html_of_a_missed_page_shows_a_red_cell(tmp_path):
     o, n = sides("arm64", "v5.12", "v5.13")
     res = run_trace(ev, "arm64", o, n, load_known(), keep_observations=True)
     page = tmp_path / "show.html"
-    page.write_text(report.show_html(ev, res, "arm64", o, n))
+    page.write_text(timeline.show_html(ev, res, "arm64", o, n))
     png = tmp_path / "show.png"
     screenshot(page, png, tmp_path, (LAPTOP_W, 900))
     _, _, pixels = read_png(png)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from fuzz.trace import (ChangePte, ClearFlushYoung, ClearYoung, InvalidateRangeEnd,
+from language.trace import (ChangePte, ClearFlushYoung, ClearYoung, InvalidateRangeEnd,
                         InvalidateRangeStart, Release, TestYoung)
 from impls.kvm_main_v5_13 import KvmGfnRange
 from impls.ppc_book3s_hv import (MODELS, PpcHvRadixV5_12, PpcHvRadixV5_13,

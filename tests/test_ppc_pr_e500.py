@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from fuzz.trace import (ChangePte, ClearFlushYoung, ClearYoung, FaultBegin, FaultCommit,
+from language.trace import (ChangePte, ClearFlushYoung, ClearYoung, FaultBegin, FaultCommit,
                         GuestAccess, InvalidateRangeEnd, InvalidateRangeStart, TestYoung)
 from impls.machine import LEVEL_4K
 from impls.observation import Flush

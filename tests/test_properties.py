@@ -3,9 +3,9 @@ generator): old and new agree up to the known list, and a model never diverges f
 import pytest
 from hypothesis import given, note
 
-from fuzz.generate import GenConfig, traces
+from fuzz.engines.generate import GenConfig, traces
 from fuzz.runner import Side, run_trace
-from fuzz.trace import dumps
+from language.trace import dumps
 from impls import registry
 from oracles.triage import load_known
 

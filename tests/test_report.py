@@ -8,14 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from fuzz import corpus, report
-from fuzz.engine import Job, JobResult, save_divergence
+from fuzz import corpus
+
+from fuzz.reports import summary as report, timeline as show_timeline
+from fuzz.engines.random_engine import Job, JobResult, save_divergence
 from fuzz.minimize import minimize
 from fuzz.reachability import ALIGNED, UNALIGNED_ONLY, align_event, aligned_trace, reach_and_needs, reachability
 from fuzz.runner import Side, check_well_formed, run_trace
-from fuzz.trace import (ChangePte, ClearFlushYoung, FaultBegin, FaultCommit, InvalidateRangeEnd,
+from language.trace import (ChangePte, ClearFlushYoung, FaultBegin, FaultCommit, InvalidateRangeEnd,
                         InvalidateRangeStart, TestYoung)
-from fuzz.wellformed import allowances_needed
+from language.wellformed import allowances_needed
 from impls.registry import resolve
 from oracles.triage import load_known
 from util import HVA, P, fault, host, slot
@@ -271,7 +273,7 @@ def timeline(ev, arch, color):
     o, n = sides(arch)
     res = run_trace(ev, arch, o, n, KNOWN, keep_observations=True)
     buf = io.StringIO()
-    report.print_timeline(ev, res, arch, "v5.12", "v5.13", buf, color=color)
+    show_timeline.print_timeline(ev, res, arch, "v5.12", "v5.13", buf, color=color)
     return buf.getvalue(), res
 
 
@@ -319,12 +321,12 @@ def test_show_and_summary_on_every_corpus_trace(tmp_path):
         o, n = sides(e.arch, e.old, e.new)
         res = run_trace(e.events, e.arch, o, n, KNOWN, keep_observations=True)
         buf = io.StringIO()
-        report.print_timeline(e.events, res, e.arch, o, n, buf)
+        show_timeline.print_timeline(e.events, res, e.arch, o, n, buf)
         text = buf.getvalue()
         assert text.count("\n") >= len(e.events) + 1
         if res.divergences:
             assert sum(ln.startswith(">>") for ln in text.splitlines()) == 1, path
-        page = report.show_html(e.events, res, e.arch, o, n)
+        page = show_timeline.show_html(e.events, res, e.arch, o, n)
         tags = _Tags()
         tags.feed(page)
         assert tags.count.get("svg", 0) == len({d.event_index for d in res.divergences}), path

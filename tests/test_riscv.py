@@ -11,7 +11,7 @@ import json
 
 from fuzz.cli import main
 from fuzz.runner import apply_event
-from fuzz.trace import (ChangePte, ClearYoung, InvalidateRangeEnd, InvalidateRangeStart,
+from language.trace import (ChangePte, ClearYoung, InvalidateRangeEnd, InvalidateRangeStart,
                         Release, SetMemoryRegion, TestYoung)
 from impls import registry
 from impls.machine import KVM_MEM_LOG_DIRTY_PAGES, LEVEL_1G, LEVEL_2M, LEVEL_4K
@@ -305,7 +305,7 @@ def test_cli_run_riscv_sv48_v5_17_vs_v6_19_finds_only_known(tmp_path):
     doc = json.loads(report.read_text())
     assert rc == 0 and doc["totals"]["new_divergences"] == 0
     assert {d["arch"] for d in doc["divergences"]} == {"riscv-sv48"}
-    # fuzz/generate.py makes slots of at most 516 pages, so no 1 GiB aging range: the Sv48 WARN
+    # fuzz/engines/generate.py makes slots of at most 516 pages, so no 1 GiB aging range: the Sv48 WARN
     # of c25a6dddc62c cannot come out of a run (test_cli_show_sv48_warn shows it from a trace)
 
 

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, consumes, initialize, invariant, rule
 
 from fuzz.runner import CapturingSide, Side, run_trace
-from fuzz.trace import (ChangePte, ClearFlushYoung, ClearYoung, FaultBegin, FaultCommit,
+from language.trace import (ChangePte, ClearFlushYoung, ClearYoung, FaultBegin, FaultCommit,
                         GuestAccess, HostMap, InvalidateRangeEnd, InvalidateRangeStart,
                         SetMemoryRegion, SyncPage, TestYoung, dumps)
 from impls import registry

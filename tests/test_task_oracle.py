@@ -8,10 +8,10 @@ import io
 
 import pytest
 
-from fuzz import report
+from fuzz.reports import summary as report, timeline
 from fuzz.runner import Side, run_trace
 from fuzz.runner_tasks import EventRun, lost_race, trusted_level
-from fuzz.trace import (ChangePte, FaultBegin, FaultCommit, HostMap, InvalidateRangeEnd, InvalidateRangeStart,
+from language.trace import (ChangePte, FaultBegin, FaultCommit, HostMap, InvalidateRangeEnd, InvalidateRangeStart,
                         Release, Schedule, SetMemoryRegion)
 from impls import registry
 from impls.kvm import WouldSleep
@@ -164,7 +164,7 @@ def test_show_prints_a_task_column_and_each_sides_run_order():
     res = run_trace(HUGE_OVER_OPEN, "x86-shadow", side("x86-shadow", "v5.12"), side("x86-shadow", "v5.13"),
                     KNOWN, keep_observations=True)
     out = io.StringIO()
-    report.print_timeline(HUGE_OVER_OPEN, res, "x86-shadow", "v5.12", "v5.13", out, reach=False)
+    timeline.print_timeline(HUGE_OVER_OPEN, res, "x86-shadow", "v5.12", "v5.13", out, reach=False)
     text = out.getvalue()
     assert ">>  4 vcpu1  fault_commit fault=5" in text          # the first divergent event
     lines = text[text.index("run order (both):"):].splitlines()[1:]

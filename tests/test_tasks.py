@@ -8,11 +8,11 @@ import random
 
 import pytest
 
-from fuzz.generate import GenConfig, RandomSource, generate
+from fuzz.engines.generate import GenConfig, RandomSource, generate
 from fuzz.runner import Side, run_trace
-from fuzz.trace import (ChangePte, FaultBegin, FaultCommit, GuestAccess, HostMap, InvalidateRangeEnd,
+from language.trace import (ChangePte, FaultBegin, FaultCommit, GuestAccess, HostMap, InvalidateRangeEnd,
                         InvalidateRangeStart, Schedule, SetMemoryRegion, TraceError, dumps, loads)
-from fuzz.wellformed import check_well_formed
+from language.wellformed import check_well_formed
 from impls import registry
 from impls.tasks import Mutex, Policy, RwSem, Scheduler
 from oracles.triage import load_known

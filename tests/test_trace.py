@@ -5,9 +5,9 @@ import json
 import pytest
 from hypothesis import given, settings
 
-from fuzz.generate import GenConfig, traces
+from fuzz.engines.generate import GenConfig, traces
 from fuzz.runner import check_well_formed
-from fuzz.trace import (EVENT_TYPES, ChangePte, ClearFlushYoung, ClearYoung, FaultBegin,
+from language.trace import (EVENT_TYPES, ChangePte, ClearFlushYoung, ClearYoung, FaultBegin,
                         FaultCommit, GuestAccess, HostMap, InvalidateRangeEnd,
                         InvalidateRangeStart, Release, SetMemoryRegion, SyncPage, TestYoung,
                         TraceError, dumps, load, loads, trace_to_json, Schedule)

@@ -1,4 +1,4 @@
-"""Only kernel-possible traces: each rule of fuzz/wellformed.py, its one-line message, the
+"""Only kernel-possible traces: each rule of language/wellformed.py, its one-line message, the
 allowances, and every generator (random, bytes, mutator, exhaustive) against the rules."""
 import json
 import random
@@ -6,15 +6,17 @@ import re
 
 import pytest
 
-from fuzz import exhaustive, wellformed
-from fuzz.atheris_engine import decode, encode
+from fuzz.engines import exhaustive
+
+from language import wellformed
+from fuzz.engines.atheris_engine import decode, encode
 from fuzz.cli import main
-from fuzz.generate import GenConfig, RandomSource, generate
-from fuzz.mutator import MUTATIONS, mutate, mutate_events
-from fuzz.trace import (ChangePte, ClearFlushYoung, ClearYoung, FaultBegin, FaultCommit, GuestAccess, HostMap,
+from fuzz.engines.generate import GenConfig, RandomSource, generate
+from fuzz.engines.mutator import MUTATIONS, mutate, mutate_events
+from language.trace import (ChangePte, ClearFlushYoung, ClearYoung, FaultBegin, FaultCommit, GuestAccess, HostMap,
                         InvalidateRangeEnd, InvalidateRangeStart, Release, SetMemoryRegion,
                         TestYoung, TraceError, trace_to_json)
-from fuzz.wellformed import ALLOWANCES, check_well_formed, well_formed
+from language.wellformed import ALLOWANCES, check_well_formed, well_formed
 
 P = 4096
 HVA = 0x7f0000000000
@@ -219,7 +221,7 @@ def test_a_whole_1g_hugetlb_page_is_an_aging_range_the_kernel_sends():
 
 def test_the_large_vm_profile_ages_whole_1g_pages():
     # what reaches RISC-V's Sv48-only PGDIR_SIZE WARN (a 1 GiB aging range) by fuzzing
-    from fuzz.generate import profile_config
+    from fuzz.engines.generate import profile_config
     G = 1 << 30
     cfg = profile_config("large-vm", max_events=600)
     rng = random.Random(5)

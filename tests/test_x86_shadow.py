@@ -4,7 +4,7 @@ virt/kvm/kvm_main.c of each version."""
 import pytest
 from util import HVA, P, diverge, fault, gfns, handed, host, run_model, slot
 
-from fuzz.trace import (ChangePte, ClearFlushYoung, ClearYoung, FaultBegin, FaultCommit,
+from language.trace import (ChangePte, ClearFlushYoung, ClearYoung, FaultBegin, FaultCommit,
                         InvalidateRangeEnd, InvalidateRangeStart, SyncPage, TestYoung)
 from impls.machine import Memslot
 from impls.x86_shadow import X86ShadowV5_12, X86ShadowV5_13

@@ -7,7 +7,7 @@ handle_removed_tdp_mmu_page, age_gfn_range, test_age_gfn, set_tdp_spte) and v5.1
 """
 from __future__ import annotations
 
-from fuzz.trace import (ChangePte, ClearFlushYoung, ClearYoung, InvalidateRangeEnd,
+from language.trace import (ChangePte, ClearFlushYoung, ClearYoung, InvalidateRangeEnd,
                         InvalidateRangeStart, TestYoung)
 from impls.x86_tdp import MODELS, X86TdpV5_12, X86TdpV5_13
 from util import HVA, P, diverge, fault, gfns, handed, host, run_model, slot

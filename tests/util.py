@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from fuzz.runner import Side, apply_event, run_trace
-from fuzz.trace import FaultBegin, FaultCommit, HostMap, SetMemoryRegion
+from language.trace import FaultBegin, FaultCommit, HostMap, SetMemoryRegion
 from impls.kvm import Kvm
 from impls.observation import Observation
 from oracles.gfnset import GfnSet

@@ -1,20 +1,20 @@
 #!/usr/bin/env python3
 """memslot-fuzz loader target: the tool's input loaders under atheris (libFuzzer).
 
-    fuzz/loader_target.py -max_total_time=600 CORPUS_DIR corpus/seeds corpus/x86-shadow oracles/known
+    fuzz/engines/loader_target.py -max_total_time=600 CORPUS_DIR corpus/seeds corpus/x86-shadow oracles/known
 
 Each input is handed, as a file, to every loader of user input:
 
-    fuzz.trace.load            a trace file
+    language.trace.load            a trace file
     fuzz.corpus.load           a corpus entry
     oracles.triage.load_known  a known-list directory holding the input as its one .toml file
-    fuzz.report.validate_report   the input's JSON value, when it parses, as a report
+    fuzz.reports.summary.validate_report   the input's JSON value, when it parses, as a report
 
 A loader may only raise the tool's one-line input error (`EXPECTED`: TraceError,
 KnownListError, ReportError, with a message of one line); any other exception, or a message
 of more than one line, is a bug: libFuzzer records the input as a crash.  tests/test_loaders.py
 replays every such input saved under tests/data/loader_crashes/.  `ci --mode batch` runs this
-target for ten minutes (fuzz/ci_modes.py).
+target for ten minutes (fuzz/engines/ci_modes.py).
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parent.parent.parent
 
 if not getattr(sys, "frozen", False):          # run from a checkout: make the packages importable
     sys.path.insert(0, str(REPO))
@@ -40,8 +40,8 @@ class LoaderBug(AssertionError):
 
 
 def expected_errors() -> tuple[type[BaseException], ...]:
-    from fuzz.report import ReportError
-    from fuzz.trace import TraceError
+    from fuzz.reports.summary import ReportError
+    from language.trace import TraceError
     from oracles.triage import KnownListError
     return (TraceError, KnownListError, ReportError)
 
@@ -50,7 +50,9 @@ def check_loaders(data: bytes, workdir: Path) -> list[str]:
     """Run every loader on `data` (written under `workdir`).  Returns the one-line input errors
     they raised; any other exception propagates (a bug), and so does LoaderBug for an input
     error that is not one line."""
-    from fuzz import corpus, report, trace
+    from fuzz import corpus
+    from fuzz.reports import summary as report
+    from language import trace
     from oracles import triage
     expected = expected_errors()
     entry = workdir / "input.json"
@@ -104,7 +106,7 @@ def fuzz_loaders(seconds: float, corpus_dir: Path, crash_dir: Path, max_len: int
     a failing input does not end the run): its corpus in `corpus_dir` (kept), seeded from
     SEEDS; each input a loader fails on is saved as crash_dir/crash-<sha1>.  Ctrl-C or
     SIGTERM stop it (interrupted=True).  The target dies with this process."""
-    from .lifetime import preexec_die_with_parent
+    from fuzz.lifetime import preexec_die_with_parent
     corpus_dir, crash_dir = Path(corpus_dir), Path(crash_dir)
     corpus_dir.mkdir(parents=True, exist_ok=True)
     crash_dir.mkdir(parents=True, exist_ok=True)
@@ -147,10 +149,10 @@ def fuzz_loaders(seconds: float, corpus_dir: Path, crash_dir: Path, max_len: int
 
 def main() -> None:
     import atheris
-    with atheris.instrument_imports(include=["fuzz", "oracles"]):
+    with atheris.instrument_imports(include=["language", "fuzz", "oracles"]):
         import fuzz.corpus  # noqa: F401
-        import fuzz.report  # noqa: F401
-        import fuzz.trace  # noqa: F401
+        import fuzz.reports.summary  # noqa: F401
+        import language.trace  # noqa: F401
         import oracles.triage  # noqa: F401
     workdir = Path(tempfile.mkdtemp(prefix="memslot-loaders-"))
 

@@ -1,6 +1,6 @@
 """A trace-level custom mutator for libFuzzer (atheris' custom_mutator hook).
 
-`mutate(data, max_size, seed)` decodes the input to a trace (fuzz.atheris_engine.decode), applies
+`mutate(data, max_size, seed)` decodes the input to a trace (fuzz.engines.atheris_engine.decode), applies
 one structural mutation chosen by `seed`, and re-encodes it as a JSON trace:
 
     insert     a new event (fault, access, notifier pair, aging, change_pte, slot update) aimed
@@ -11,7 +11,7 @@ one structural mutation chosen by `seed`, and re-encodes it as a JSON trace:
     alias      point a slot's userspace_addr at another slot's (or add a slot that does)
     split      one slot into two adjacent slots (same gfn and hva ranges in all)
 
-The result is always well formed (fuzz.wellformed.check_well_formed) and fits max_size, or the
+The result is always well formed (language.wellformed.check_well_formed) and fits max_size, or the
 mutator falls back: to libFuzzer's own byte mutation when one is given and the input is raw
 bytes, else to the input unchanged.
 """
@@ -21,10 +21,10 @@ import dataclasses
 import random
 from typing import Callable
 
-from .atheris_engine import decode, encode, json_trace
-from .generate import GenConfig
-from .wellformed import well_formed
-from .trace import (ChangePte, ClearFlushYoung, ClearYoung, Event, FaultBegin, FaultCommit,
+from fuzz.engines.atheris_engine import decode, encode, json_trace
+from fuzz.engines.generate import GenConfig
+from language.wellformed import well_formed
+from language.trace import (ChangePte, ClearFlushYoung, ClearYoung, Event, FaultBegin, FaultCommit,
                     GuestAccess, InvalidateRangeEnd, InvalidateRangeStart, Release,
                     SetMemoryRegion, TestYoung, partner)
 
@@ -71,7 +71,7 @@ def _next_fault(events: list[Event]) -> int:
 
 
 def _end(events: list[Event]) -> int:
-    """Where new events may go up to: nothing can follow a release (fuzz.wellformed)."""
+    """Where new events may go up to: nothing can follow a release (language.wellformed)."""
     return next((k for k, e in enumerate(events) if isinstance(e, Release)), len(events))
 
 

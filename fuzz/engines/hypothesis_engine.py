@@ -12,9 +12,9 @@ from hypothesis.errors import NoSuchExample
 
 from oracles.triage import KnownEntry
 
-from .engine import Job, JobResult, Progress, found
-from .generate import traces
-from .runner import run_trace
+from fuzz.engines.random_engine import Job, JobResult, Progress, found
+from fuzz.engines.generate import traces
+from fuzz.runner import run_trace
 
 ROUND_EXAMPLES = 300       # a round lasts about a second; time is checked between rounds
 

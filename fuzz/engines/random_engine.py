@@ -26,12 +26,12 @@ from typing import Callable
 from oracles.compare import Divergence
 from oracles.triage import KnownEntry
 
-from . import corpus
-from .explore import explore, program_tasks, strip_schedule
-from .generate import GenConfig, RandomSource, generate
-from .minimize import minimize
-from .runner import Side, run_trace
-from .trace import repro_prefix, Event, TraceError
+from fuzz import corpus
+from fuzz.engines.explore import explore, program_tasks, strip_schedule
+from fuzz.engines.generate import GenConfig, RandomSource, generate
+from fuzz.minimize import minimize
+from fuzz.runner import Side, run_trace
+from language.trace import repro_prefix, Event, TraceError
 
 
 @dataclass
@@ -48,11 +48,11 @@ class Job:
     engine: str = "random"           # random | hypothesis | atheris | exhaustive (for reports)
     max_traces: int | None = None    # stop after this many traces (reproducible mode)
     minimize_attempts: int | None = None   # minimization budget in calls, not seconds
-    schedules: str = "pct"           # pct: the generated schedule | exhaustive: every one (fuzz/explore.py)
+    schedules: str = "pct"           # pct: the generated schedule | exhaustive: every one (fuzz/engines/explore.py)
     preemptions: int = 2             # exhaustive: the preemption bound
     max_schedules: int = 200         # exhaustive: schedules per program at most
     minimize_budget: float | None = None   # seconds for all minimizations of the job (None: no cap)
-    claims: Path | None = None       # --jobs: a directory where workers claim signatures (fuzz/parallel.py)
+    claims: Path | None = None       # --jobs: a directory where workers claim signatures (fuzz/engines/parallel.py)
 
 
 @dataclass

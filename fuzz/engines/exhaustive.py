@@ -26,9 +26,9 @@ Pages are 4 KiB; hva page p is HVA_BASE + p*4K (HVA_BASE is 2 MiB aligned).
 * Layouts equal up to renumbering slots are checked once (slot ids are given in gfn order
   per address space).  Backing is one 4 KiB host mapping over the whole window, with one
   extra page before it and two after it (through the last edge, so every change_pte is on a
-  present pte: fuzz.wellformed), so every leaf is 4K (2 MiB frames are the random engine's job).
+  present pte: language.wellformed), so every leaf is 4K (2 MiB frames are the random engine's job).
 
-Every setup + check trace is well formed (fuzz.wellformed.check_well_formed).
+Every setup + check trace is well formed (language.wellformed.check_well_formed).
 
 Set-up trace of a layout: host_map, one set_memory_region per slot, then a write fault
 (fault_begin + fault_commit) on every gfn of every slot, in slot order.
@@ -88,8 +88,8 @@ from typing import Callable, Iterator
 from oracles.compare import Divergence
 from oracles.triage import KnownEntry
 
-from .runner import CapturingSide, Side, run_trace
-from .trace import (ChangePte, ClearFlushYoung, ClearYoung, Event, FaultBegin, FaultCommit,
+from fuzz.runner import CapturingSide, Side, run_trace
+from language.trace import (ChangePte, ClearFlushYoung, ClearYoung, Event, FaultBegin, FaultCommit,
                     HostMap, InvalidateRangeEnd, InvalidateRangeStart, SetMemoryRegion, TestYoung)
 
 P = 4096
@@ -439,7 +439,7 @@ def _work(args) -> tuple[int, LayoutResult]:
 def _pool_worker_init(parent: int) -> None:
     import signal
 
-    from . import lifetime
+    from fuzz import lifetime
     lifetime.die_with_parent(parent)                  # however the parent dies
     signal.signal(signal.SIGINT, signal.SIG_IGN)      # the parent handles Ctrl-C and SIGTERM,
     signal.signal(signal.SIGTERM, signal.SIG_DFL)     # and Pool.terminate() ends us with SIGTERM
@@ -532,7 +532,7 @@ def run_exhaustive(arch: str, old_side: Side, new_side: Side, known: list[KnownE
         else:
             break
     stats.complete_through_slots = k_done
-    from . import lifetime
+    from fuzz import lifetime
     with lifetime.deferred():          # what was found is minimized and returned, signal or not
         out = _finish(found, arch, old_side, new_side, known, minimize_seconds)
     stats.interrupted |= lifetime.stop_signal() is not None
@@ -543,7 +543,7 @@ def run_exhaustive(arch: str, old_side: Side, new_side: Side, known: list[KnownE
 def _finish(found: dict, arch: str, old: Side, new: Side, known: list[KnownEntry],
             minimize_seconds: float) -> list[Divergence]:
     """Re-run each kept trace from scratch with the real sides, then minimize it."""
-    from .engine import Job, minimized
+    from fuzz.engines.random_engine import Job, minimized
     from oracles.compare import CLASSES
     job = Job(arch, old, new, 0.0, 0, Path(os.devnull), minimize_seconds=minimize_seconds)
     out = []

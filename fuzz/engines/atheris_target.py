@@ -2,13 +2,13 @@
 """memslot-fuzz atheris target: libFuzzer owns argv, MEMSLOT_FUZZ_* variables configure it.
 
     MEMSLOT_FUZZ_ARCH=x86-shadow MEMSLOT_FUZZ_OLD=v5.12 MEMSLOT_FUZZ_NEW=v5.13 \\
-    MEMSLOT_FUZZ_OUT=out fuzz/atheris_target.py -max_total_time=60 CORPUS_DIR corpus/seeds
+    MEMSLOT_FUZZ_OUT=out fuzz/engines/atheris_target.py -max_total_time=60 CORPUS_DIR corpus/seeds
 
-Each input is decoded to a trace (fuzz.atheris_engine.decode: a JSON trace as itself, other
+Each input is decoded to a trace (fuzz.engines.atheris_engine.decode: a JSON trace as itself, other
 bytes through the domain-aware generator), run on both sides against the reference oracle.  A
 divergence that is not on the known list is minimized (MEMSLOT_FUZZ_MINIMIZE_SECONDS), saved
 atomically as a corpus entry under $MEMSLOT_FUZZ_OUT/<arch>/, and only then raised, so libFuzzer
-sees a crash.  The variables are listed in fuzz/atheris_engine.py.  Bad configuration: one
+sees a crash.  The variables are listed in fuzz/engines/atheris_engine.py.  Bad configuration: one
 line on stderr, exit 2.
 """
 import contextlib
@@ -20,7 +20,7 @@ from pathlib import Path
 PARENT = os.getppid()      # before anything slow: a parent that dies from here on is noticed
 
 if not getattr(sys, "frozen", False):          # run from a checkout: make the packages importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
 
 import atheris  # noqa: E402
 
@@ -41,14 +41,14 @@ def _instrument_candidate(cls) -> None:
 
 
 def _setup():
-    # Instrument first: every module of the models, oracles and fuzz/ must be imported for the
+    # Instrument first: every module of the trace language, models, oracles and fuzz/ must be imported for the
     # first time inside instrument_imports, or it is not instrumented.
     instrument = os.environ.get("MEMSLOT_FUZZ_INSTRUMENT", "") or "imports"
     if instrument == "imports":
         with contextlib.redirect_stderr(io.StringIO()):       # "INFO: Instrumenting <module>"
-            with atheris.instrument_imports(include=["impls", "oracles", "fuzz"]):
-                import fuzz.atheris_engine  # noqa: F401
-    from fuzz.atheris_engine import TargetConfig, TargetConfigError
+            with atheris.instrument_imports(include=["language", "impls", "oracles", "fuzz"]):
+                import fuzz.engines.atheris_engine  # noqa: F401
+    from fuzz.engines.atheris_engine import TargetConfig, TargetConfigError
     try:
         cfg = TargetConfig.from_env(argv0=sys.argv[0])
     except TargetConfigError as e:
@@ -56,7 +56,9 @@ def _setup():
         sys.exit(2)
 
     def load():
-        from fuzz import atheris_engine, corpus, engine, minimize, runner, trace  # noqa: F401
+        from fuzz import corpus, minimize, runner  # noqa: F401
+        from fuzz.engines import atheris_engine, random_engine  # noqa: F401
+        from language import trace, wellformed  # noqa: F401
         from fuzz.runner import Side
         from impls import registry
         from oracles import compare, reference, triage  # noqa: F401
@@ -67,7 +69,7 @@ def _setup():
     try:
         if cfg.instrument == "imports":
             with contextlib.redirect_stderr(io.StringIO()):
-                with atheris.instrument_imports(include=["impls", "oracles", "fuzz"]):
+                with atheris.instrument_imports(include=["language", "impls", "oracles", "fuzz"]):
                     old, new, known = load()
         else:
             old, new, known = load()
@@ -86,14 +88,14 @@ def _setup():
 def main() -> None:
     cfg, old, new, known = _setup()
     from fuzz import corpus, lifetime
-    from fuzz.atheris_engine import decode
+    from fuzz.engines.atheris_engine import decode
     # never outlive the launcher, nor (fork mode) the libFuzzer process that started this one
     lifetime.die_with_parent(PARENT)
     lifetime.watch_lifeline()
-    from fuzz.engine import Job, minimized
-    from fuzz.mutator import mutate
+    from fuzz.engines.random_engine import Job, minimized
+    from fuzz.engines.mutator import mutate
     from fuzz.runner import run_trace
-    from fuzz.trace import repro_prefix
+    from language.trace import repro_prefix
 
     gen = cfg.gen_config(old.cls.address_space_num)
     job = Job(cfg.arch, old, new, 0.0, 0, cfg.out_dir, gen, minimize_seconds=cfg.minimize_seconds)

@@ -39,14 +39,13 @@ from html import escape
 from pathlib import Path
 
 from impls.kvm import State
-from impls.observation import Observation
 from oracles.compare import Divergence
 from oracles.gfnset import GfnSet
-from oracles.reference import Expectation, expect
 
-from . import output
-from .runner import Side, apply_event
-from .trace import Event, dumps, notifier_range
+from fuzz import output
+from fuzz.details import EventDetail, SideView, replay_details
+from fuzz.runner import Side
+from language.trace import Event, dumps, notifier_range
 
 # cell states and their colours (the legend uses the same table)
 COLOURS = {
@@ -66,48 +65,6 @@ LEGEND = [("ok", "ok"), ("missed", "missed"), ("extra", "extra"), ("ref", "refer
           ("done", "done (no requirement)"), ("slot", "in a memslot")]
 AS_COLOURS = ["#6baed6", "#74c476", "#fd8d3c", "#9e9ac8"]
 MISSED, EXTRA = COLOURS["missed"], COLOURS["extra"]
-
-
-# ----- data -------------------------------------------------------------------------------
-@dataclass
-class SideView:
-    """One side at one event: state before and after, what it did, what it had to do."""
-    name: str
-    pre: State
-    post: State
-    obs: Observation
-    exp: Expectation | None
-
-
-@dataclass
-class EventDetail:
-    index: int
-    event: Event
-    old: SideView
-    new: SideView
-
-
-def replay_details(events: list[Event], old_side: Side, new_side: Side,
-                   upto: int | None = None) -> list[EventDetail]:
-    """Re-run `events` (through index `upto`, default all) on both sides, as run_trace does
-    (a side that crashed stops), keeping each side's pre-state and the reference for it."""
-    if old_side.contained or new_side.contained:     # a user's candidate: only in its worker
-        from .contain import replay_details_contained
-        return replay_details_contained(events, old_side, new_side, upto)
-    models = {"old": old_side.make(), "new": new_side.make()}
-    names = {"old": old_side.name, "new": new_side.name}
-    dead = {"old": False, "new": False}
-    out: list[EventDetail] = []
-    last = len(events) - 1 if upto is None else min(upto, len(events) - 1)
-    for i, ev in enumerate(events[:last + 1]):
-        views = {}
-        for k, m in models.items():
-            pre = m.snapshot()
-            obs = apply_event(m, ev) if not dead[k] else Observation(ev.op)
-            dead[k] |= bool(obs.crashed)
-            views[k] = SideView(names[k], pre, m.snapshot(), obs, expect(ev, pre))
-        out.append(EventDetail(i, ev, views["old"], views["new"]))
-    return out
 
 
 def _leaves(leaves) -> GfnSet:

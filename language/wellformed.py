@@ -21,7 +21,7 @@ from bisect import bisect_left, bisect_right
 from dataclasses import dataclass, field
 from typing import Callable, NoReturn
 
-from .trace import (MAIN_TASK, TASK_ROLES, ChangePte, ClearFlushYoung, ClearYoung, Event, FaultBegin,
+from language.trace import (MAIN_TASK, TASK_ROLES, ChangePte, ClearFlushYoung, ClearYoung, Event, FaultBegin,
                     FaultCommit, HostMap, InvalidateRangeEnd, InvalidateRangeStart, Release, Schedule,
                     TestYoung, TraceError, task_role)
 

@@ -5,13 +5,13 @@ Bytes become a trace in one of two ways (`decode`):
 * an input that is a JSON trace (`memslot-fuzz-trace/1`, a corpus entry too: extra fields are
   ignored) and is well formed decodes to exactly those events, so corpus directories can hold
   readable traces and seeds (corpus/seeds/, corpus/<arch>/);
-* anything else drives the one domain-aware generator (fuzz.generate.generate) through
+* anything else drives the one domain-aware generator (fuzz.engines.generate.generate) through
   `BytesSource`, a `Source` that reads its choices from the bytes.  No hypothesis in between:
   libFuzzer's byte mutations map to local changes of choices, and the trace is the same kind of
   `list[Event]` every other engine makes.  Once the bytes run out every choice is its lowest
   value, so decoding is total and deterministic and always ends in a well-formed trace.
 
-The target (fuzz/atheris_target.py, an executable script because libFuzzer re-executes argv[0]
+The target (fuzz/engines/atheris_target.py, an executable script because libFuzzer re-executes argv[0]
 for -jobs/-workers/-fork/-minimize_crash) is configured by environment variables, read by
 `TargetConfig.from_env`:
 
@@ -45,12 +45,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
 
-from .generate import GenConfig, Source, generate
-from .wellformed import check_well_formed
-from .trace import SCHEMA, Event, TraceError, dumps, trace_from_json
+from fuzz.engines.generate import GenConfig, Source, generate
+from language.wellformed import check_well_formed
+from language.trace import SCHEMA, Event, TraceError, dumps, trace_from_json
 
 TARGET = Path(__file__).resolve().parent / "atheris_target.py"
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parent.parent.parent
 
 
 # ----- bytes -> trace ---------------------------------------------------------------------
@@ -334,7 +334,7 @@ def _collect(manifest: Path, res: AtherisRun) -> None:
 def _launch(cmd: list[str], env: dict, cwd: Path, res: AtherisRun, progress: Progress | None,
             manifest: Path) -> int:
     base_events, base_execs = res.events, res.execs     # figures of earlier launches of this run
-    from .lifetime import Lifeline, preexec_die_with_parent
+    from fuzz.lifetime import Lifeline, preexec_die_with_parent
     # the target dies with us (parent death signal), and so do its fork-mode workers, which
     # libFuzzer starts through `sh -c` (the lifeline: a pipe only we can keep open)
     lifeline = Lifeline()
@@ -429,8 +429,8 @@ def load_results(paths: list[Path], known, signatures: Mapping[Path, str] | None
     signature, else its first new one) is returned with `trace` set."""
     from impls import registry
 
-    from . import corpus
-    from .runner import Side, run_trace
+    from fuzz import corpus
+    from fuzz.runner import Side, run_trace
     out = []
     for p in paths:
         entry = corpus.load(p)

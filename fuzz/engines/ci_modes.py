@@ -12,7 +12,7 @@ themselves) and add what they find to STATE/corpus/<arch>/.  Divergences not on 
 are minimized and saved under OUT/<arch>/ (OUT default memslot-fuzz-out); the mode "fails"
 when there is one.  prune replaces each STATE/corpus/<arch>/ by the smallest subset with the
 same coverage (libFuzzer -merge=1 into a fresh directory, then a swap by rename).
-batch also fuzzes the input loaders (fuzz/loader_target.py) for LOADER_SECONDS (ten minutes)
+batch also fuzzes the input loaders (fuzz/engines/loader_target.py) for LOADER_SECONDS (ten minutes)
 after the architectures, corpus in STATE/loader-corpus/; an input a loader fails on is saved
 under OUT/loader-crashes/ and fails the mode (copy it to tests/data/loader_crashes/ with the fix).
 """
@@ -28,8 +28,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import output
-from .atheris_engine import (REPO, TARGET, TargetConfig, console_progress, run_atheris_stats,
+from fuzz import output
+from fuzz.engines.atheris_engine import (REPO, TARGET, TargetConfig, console_progress, run_atheris_stats,
                              target_env)
 
 MODES = ("code-change", "batch", "prune")
@@ -129,7 +129,7 @@ def ci_mode(mode: str, seconds: float | None = None, jobs: int = 1, arches: list
             break
     loader_seconds = (LOADER_SECONDS if mode == "batch" else 0.0) if loader_seconds is None else loader_seconds
     if loader_seconds > 0 and not res.interrupted:
-        from .loader_target import fuzz_loaders
+        from fuzz.engines.loader_target import fuzz_loaders
         if not quiet:
             print(f"  [{mode} loaders] {loader_seconds:.0f}s over the trace, corpus-entry, "
                   "known-list and report loaders", file=sys.stderr, flush=True)
@@ -195,4 +195,4 @@ def print_summary(res: CiResult, stream=None) -> None:
     if res.loader_execs or res.loader_crashes:
         print(f"  loaders: {res.loader_execs} inputs, {len(res.loader_crashes)} failed", file=out)
     for p in res.loader_crashes:
-        print(f"  LOADER BUG (replay: fuzz/loader_target.py {p}) -> {p}", file=out)
+        print(f"  LOADER BUG (replay: fuzz/engines/loader_target.py {p}) -> {p}", file=out)

@@ -49,10 +49,10 @@ from typing import Callable
 from oracles.compare import Divergence
 from oracles.triage import KnownEntry
 
-from .runner import Side, TraceResult, apply_event, run_trace
-from .runner_tasks import run_side, task_of
-from .schedule import recording
-from .trace import MAIN_TASK, Event, Release, Schedule
+from fuzz.runner import Side, TraceResult, apply_event, run_trace
+from fuzz.runner_tasks import run_side, task_of
+from fuzz.schedule import recording
+from language.trace import MAIN_TASK, Event, Release, Schedule
 
 Key = tuple[tuple[int, str], ...]        # a directive's preempt entries, by step
 

@@ -25,8 +25,8 @@ from pathlib import Path
 
 from oracles.triage import KnownEntry
 
-from . import lifetime
-from .engine import Job, JobResult, run_job
+from fuzz import lifetime
+from fuzz.engines.random_engine import Job, JobResult, run_job
 
 SEED_STRIDE = 1_000_003
 _STOP_ORDER = ["interrupted", "max-time", "stop-on-new", "max-traces", ""]   # what a merge says

@@ -16,7 +16,7 @@ import dataclasses
 import random
 from dataclasses import dataclass, field
 
-from .trace import (ChangePte, ClearFlushYoung, ClearYoung, Event, FaultBegin, FaultCommit,
+from language.trace import (ChangePte, ClearFlushYoung, ClearYoung, Event, FaultBegin, FaultCommit,
                     GuestAccess, HostMap, InvalidateRangeEnd, InvalidateRangeStart, Release,
                     Schedule, SetMemoryRegion, SyncPage, TestYoung)
 
