@@ -267,7 +267,7 @@ class Arm64V5_12(Arm64Mmu, KvmMainV5_12):
         # v5.12 arch/arm64/kvm/mmu.c handle_hva_to_gpa: address space 0 only; gpa from the
         # floored gfn of the clamped start, size in bytes from the unrounded clamped range
         ret = 0
-        for slot in self.memslots.in_as(0):
+        for slot in self.memslots.in_as_hitting(0, start, end):
             hva_start = max(start, slot.hva_start)
             hva_end = min(end, slot.hva_end)
             if hva_start >= hva_end:

@@ -60,7 +60,7 @@ class KvmMainSeriesV1(KvmMainV5_13):
         if not done:
             handler = getattr(self, r.handler) if r.handler else None
             for as_id in range(self.address_space_num):
-                for slot in self.memslots.in_as(as_id):
+                for slot in self.memslots.in_as_hitting(as_id, r.start, r.end):
                     g = self.gfn_range_of(slot, r)
                     if g is None:
                         continue

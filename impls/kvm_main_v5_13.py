@@ -83,7 +83,7 @@ class KvmMainV5_13(Kvm):
                 return 0          # goto out_unlock: no walk and no flush test
         handler = getattr(self, r.handler)
         for as_id in range(self.address_space_num):
-            for slot in self.memslots.in_as(as_id):
+            for slot in self.memslots.in_as_hitting(as_id, r.start, r.end):
                 hva_start = max(r.start, slot.hva_start)
                 hva_end = min(r.end, slot.hva_end)
                 if hva_start >= hva_end:

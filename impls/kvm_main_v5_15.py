@@ -64,7 +64,7 @@ class KvmMainV5_15(KvmMainV5_13):
         """The slots of one address space the walker visits, in its order (the clamp below
         skips those the range misses)."""
         # v5.15 virt/kvm/kvm_main.c __kvm_handle_hva_range: kvm_for_each_memslot, array order
-        return self.memslots.in_as(as_id)
+        return self.memslots.in_as_hitting(as_id, r.start, r.end)
 
     def handle_hva_range(self, r: KvmHvaRange) -> int:
         return self.handle_hva_range_found(r)[0]

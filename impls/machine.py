@@ -92,6 +92,24 @@ class SlotList(list):
     an index of the slots by hva, built on first use and living as long as the memslot set."""
 
     _hva: tuple | None = None
+    _equal: "SlotList | None" = None     # another SlotList found equal to this one (see __eq__)
+
+    def __eq__(self, other):
+        """List equality, remembered: both lists are read-only for their lifetime, so once two
+        SlotLists compare equal they stay equal (the runner compares the two sides' memslots at
+        every notifier event; with hundreds of slots the element-wise test dominated)."""
+        if other is self or (other is not None and other is self._equal):
+            return True
+        same = list.__eq__(self, other)
+        if same is True and isinstance(other, SlotList):
+            self._equal, other._equal = other, self
+        return same
+
+    def __ne__(self, other):
+        same = self.__eq__(other)
+        return same if same is NotImplemented else not same
+
+    __hash__ = None
 
     def overlapping_hva(self, start: int, end: int) -> list[Memslot]:
         """The slots (with pages) whose hvas meet [start, end), in hva-start order: bisect on
@@ -155,6 +173,35 @@ class Memslots:
         highest first; v5.13 is the same (the gfn tree arrives in v5.17)."""
         return list(self._view(("as", as_id), lambda: sorted(self._by_as[as_id].values(),
                                                               key=lambda s: (-s.base_gfn, s.id))))
+
+    def in_as_hitting(self, as_id: int, start: int, end: int) -> list[Memslot]:
+        """The slots of in_as(as_id) whose hvas meet [start, end), in in_as order: what a
+        kvm_for_each_memslot walk that clamps [start, end) to each slot and skips a slot when
+        max(start, hva_start) >= min(end, hva_end) hands on, in the order it hands them on.
+
+        The kernel's walk (v5.12's per-arch hva walkers, v5.13's __kvm_handle_hva_range) tests
+        every slot; a slot it skips is only that test, so handing the walker the hits alone
+        gives the same calls in the same order.  The hits come from an index by hva (bisect on
+        the sorted starts, a running maximum of the ends), then are put back in array order."""
+        if start >= end:
+            return []
+
+        def build():
+            order = self.in_as(as_id)
+            pos = {s.id: i for i, s in enumerate(order)}
+            by_start = sorted((s for s in order if s.npages), key=lambda s: (s.hva_start, pos[s.id]))
+            reach, top = [], -1
+            for s in by_start:
+                top = max(top, s.hva_end)
+                reach.append(top)
+            return [s.hva_start for s in by_start], reach, by_start, pos
+        starts, reach, by_start, pos = self._view(("hit", as_id), build)
+        k = bisect_left(starts, end)
+        j = bisect_right(reach, start, 0, k)
+        hits = [s for s in by_start[j:k] if s.hva_end > start]
+        if len(hits) > 1:
+            hits.sort(key=lambda s: pos[s.id])
+        return hits
 
     def in_hva_range(self, as_id: int, start: int, last: int) -> list[Memslot]:
         """Slots of one address space whose hvas meet the inclusive range [start, last], in

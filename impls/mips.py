@@ -174,7 +174,7 @@ class MipsV5_12(MipsMmu, KvmMainV5_12):
         # g0 = floor gfn of the start, g1 = gfn of (end + PAGE_SIZE - 1), exclusive; OR results
         page = 1 << self.page_shift
         ret = False
-        for slot in self.memslots.in_as(0):
+        for slot in self.memslots.in_as_hitting(0, start, end):
             hva_start = max(start, slot.hva_start)
             hva_end = min(end, slot.hva_end)
             if hva_start >= hva_end:

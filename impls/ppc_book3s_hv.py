@@ -231,7 +231,7 @@ class PpcHvV5_12(PpcBook3sHvMmu, KvmMainV5_12):
         # clamp to the slot, handler once per gfn of [gfn(hs), gfn(he + PAGE_SIZE - 1))
         page = 1 << self.page_shift
         ret = False
-        for slot in self.memslots.in_as(0):
+        for slot in self.memslots.in_as_hitting(0, start, end):
             hva_start = max(start, slot.hva_start)
             hva_end = min(end, slot.hva_end)
             if hva_start >= hva_end:

@@ -91,7 +91,7 @@ class PpcPrV5_12(PpcPrMmu, KvmMainV5_12):
         # v5.12 arch/powerpc/kvm/book3s_pr.c do_kvm_unmap_hva: address space 0 only; clamp the
         # hva range to each slot, first gfn rounded down, end rounded up, then pflush every vCPU
         page = 1 << self.page_shift
-        for slot in self.memslots.in_as(0):
+        for slot in self.memslots.in_as_hitting(0, start, end):
             hva_start = max(start, slot.hva_start)
             hva_end = min(end, slot.hva_end)
             if hva_start >= hva_end:

@@ -69,12 +69,13 @@ class X86ShadowMmu(Kvm):
         every rmap handler does nothing and returns false on an empty head."""
         ret = False
         shape = []
+        # the slot's leaves, found in one pass over the leaves (then split by level below)
+        as_id, base, gfn_end = slot.as_id, slot.base_gfn, slot.gfn_end
+        mine = [x for x in self.leaves.values() if x.as_id == as_id and base <= x.gfn < gfn_end]
         for level, first, last in self.rmap_ranges(slot, start_gfn, end_gfn - 1):
             s = KVM_HPAGE_GFN_SHIFT[level]
             shape.append(f"L{level}[{first}..{last}]@{start_gfn:#x}")
-            busy = sorted(self.gfn_to_index(x.gfn, slot.base_gfn, level)
-                          for x in self.leaves.values()
-                          if x.as_id == slot.as_id and x.level == level and slot.has_gfn(x.gfn))
+            busy = sorted(self.gfn_to_index(x.gfn, base, level) for x in mine if x.level == level) if mine else ()
             for index in busy:
                 if first <= index <= last:
                     gfn = start_gfn + ((index - first) << s)
@@ -152,7 +153,7 @@ class X86ShadowV5_12(X86ShadowMmu, KvmMainV5_12):
         page = 1 << self.page_shift
         ret = False
         for as_id in range(self.address_space_num):
-            for slot in self.memslots.in_as(as_id):
+            for slot in self.memslots.in_as_hitting(as_id, start, end):
                 hva_start = max(start, slot.hva_start)
                 hva_end = min(end, slot.hva_end)
                 if hva_start >= hva_end:

@@ -146,6 +146,18 @@ class X86TdpMmu(X86ShadowMmu):
             out |= {k[1] for k in self.leaves if k[0] == root.as_id and k[2] == level}
         return sorted(out)
 
+    def present_by_level(self, root: Root) -> dict[int, list[int]]:
+        """present_at for every level 1..ROOT_LEVEL, from one pass over the tables and one over
+        the leaves (the same lists as calling present_at per level)."""
+        out: dict[int, set[int]] = {lv: set() for lv in range(ROOT_LEVEL, 0, -1)}
+        for lv, g in root.tables:
+            out[lv].add(g)
+        as_id = root.as_id
+        for a, g, lv in self.leaves:
+            if a == as_id and lv <= LEVEL_1G:
+                out[lv].add(g)
+        return {lv: sorted(gs) for lv, gs in out.items()}
+
     def walk_ptes(self, root: Root, start: int, end: int):
         """Yield (level, gfn) of the present SPTEs the TDP iterator visits over [start, end), in
         pre-order; after each yield the caller may have zeroed the SPTE, and the walk descends
@@ -157,7 +169,7 @@ class X86TdpMmu(X86ShadowMmu):
         # v5.12 arch/x86/kvm/mmu/tdp_iter.h for_each_tdp_pte
         if start >= end:
             return
-        index = {lv: self.present_at(root, lv) for lv in range(ROOT_LEVEL, 0, -1)}
+        index = self.present_by_level(root)
 
         def level_walk(level: int, lo: int, hi: int):
             n = self.span(level)
@@ -309,7 +321,7 @@ class X86TdpV5_12(X86TdpMmu, X86ShadowV5_12):
         page = 1 << self.page_shift
         ret = 0
         for root in list(self.roots):
-            for slot in self.memslots.in_as(root.as_id):
+            for slot in self.memslots.in_as_hitting(root.as_id, start, end):
                 hva_start = max(start, slot.hva_start)
                 hva_end = min(end, slot.hva_end)
                 if hva_start >= hva_end:
