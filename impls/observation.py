@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from .machine import Leaf
 
 
-@dataclass
+@dataclass(slots=True)
 class HandlerCall:
     """One call from a walker into an arch handler, normalized to the gfns it acts on."""
     hook: str                  # e.g. "kvm_unmap_rmapp", "kvm_unmap_gfn_range"

@@ -48,6 +48,7 @@ from .kvm import Kvm
 from .kvm_main_v5_12 import KvmMainV5_12
 from .kvm_main_v5_13 import KvmGfnRange, KvmMainV5_13
 from .machine import LEVEL_4K, HostPte, Memslot
+from .observation import HandlerCall
 
 
 class E500Mmu(Kvm):
@@ -81,9 +82,12 @@ class E500V5_12(E500Mmu, KvmMainV5_12):
     def kvm_unmap_hva(self, hva: int, hook: str) -> int:
         # v5.12 arch/powerpc/kvm/e500_mmu_host.c kvm_unmap_hva: traces hva, then flushes the
         # shadow TLB of every vCPU whatever the hva; returns 0
-        for slot in self.memslots.all():
-            self.record_call(hook, slot, slot.base_gfn, slot.gfn_end,
-                             "no memslot walk: kvm_flush_remote_tlbs drops every shadow mapping")
+        # one recorded call per slot, whole: the same calls for every event until the memslots
+        # change, so they are made once per memslot set (HandlerCalls are never modified)
+        self.obs.calls += self.memslots._view(("e500-unmap-calls", hook), lambda: [
+            HandlerCall(hook, slot.as_id, slot.id, slot.base_gfn, slot.gfn_end,
+                        "no memslot walk: kvm_flush_remote_tlbs drops every shadow mapping")
+            for slot in self.memslots.all()])
         self.kvm_flush_remote_tlbs()
         return 0
 

@@ -12,20 +12,31 @@ class GfnSet:
     __slots__ = ("_runs",)
 
     def __init__(self, spans: Iterable[tuple[int, int, int]] = ()):
-        merged: dict[int, list[list[int]]] = {}
+        # one sweep over the sorted spans, merging overlapping and adjacent runs per address space
         spans = sorted(spans)
-        if not spans:
-            self._runs = {}
-            return
-        for as_id, start, end in spans:
-            if start >= end:
-                continue
-            runs = merged.setdefault(as_id, [])
-            if runs and start <= runs[-1][1]:
-                runs[-1][1] = max(runs[-1][1], end)
-            else:
-                runs.append([start, end])
-        self._runs = {a: tuple((s, e) for s, e in r) for a, r in merged.items()}
+        out: dict[int, tuple] = {}
+        if spans:
+            cur = None
+            runs: list = []
+            lo = hi = 0
+            for as_id, start, end in spans:
+                if start >= end:
+                    continue
+                if as_id != cur:
+                    if cur is not None:
+                        runs.append((lo, hi))
+                        out[cur] = tuple(runs)
+                    cur, runs, lo, hi = as_id, [], start, end
+                elif start <= hi:
+                    if end > hi:
+                        hi = end
+                else:
+                    runs.append((lo, hi))
+                    lo, hi = start, end
+            if cur is not None:
+                runs.append((lo, hi))
+                out[cur] = tuple(runs)
+        self._runs = out
 
     def spans(self) -> list[tuple[int, int, int]]:
         return [(a, s, e) for a in sorted(self._runs) for s, e in self._runs[a]]
