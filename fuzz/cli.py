@@ -26,7 +26,7 @@ from impls.registry import ModelLoadError
 from oracles.compare import Divergence
 from oracles.triage import KnownListError, is_candidate, load_known
 
-from fuzz import argtypes, contain, corpus, history, lifetime, output
+from fuzz import argtypes, contain, corpus, history, lifetime, output, rootcause
 
 from fuzz.reports import summary as report, timeline
 from fuzz.publish import publish_new
@@ -375,6 +375,7 @@ def run_with_atheris(job: Job, args, known) -> JobResult:
     # everything this run met, whether this run or an earlier one saved it (run.paths lists both)
     with lifetime.deferred():
         for d, path in atheris_engine.load_results(run.paths, known, run.signatures):
+            d = rootcause.attribute(d, job.arch, job.old, job.new, known)
             if d.signature not in res.saved:
                 res.saved[d.signature] = path
                 res.divergences.append(d)
@@ -393,6 +394,7 @@ def run_with_exhaustive(job: Job, args, known) -> JobResult:
     res = JobResult(job, events=stats.events, traces=stats.checks, seconds=stats.seconds,
                     interrupted=stats.interrupted)
     for d in divs:
+        d = rootcause.attribute(d, job.arch, job.old, job.new, known)
         res.saved[d.signature] = save_divergence(d, job, known)
         res.divergences.append(d)
     done = "complete" if stats.complete else f"complete through {stats.complete_through_slots} slot(s)"

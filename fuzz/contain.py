@@ -187,6 +187,9 @@ def _serve(conn, arch: str, names: tuple[str, str], where, parent_pid: int) -> N
                 msg = ("ok", runner.run_trace(events, arch, sides["old"], sides["new"], [], *args[1:]))
             elif what == "replay_details":
                 msg = ("ok", details.replay_details(events, sides["old"], sides["new"], *args[1:]))
+            elif what == "cross_run":
+                from fuzz import rootcause
+                msg = ("ok", rootcause.cross_run(events, args[1], sides["old"].cls, sides["new"].cls))
             else:   # "initial": each side's state before any event
                 msg = ("ok", tuple(s.make().snapshot() for s in sides.values()))
         except BaseException as e:
@@ -432,6 +435,14 @@ def run_trace_contained(events: list, arch: str, old: runner.Side, new: runner.S
         res.observations.append(_failed_observations(events[k].op, f))
     mark_known(res.divergences, known)
     return res
+
+
+def cross_run_contained(events: list, j: int, old: runner.Side, new: runner.Side):
+    """fuzz.rootcause.cross_run for a pair with a candidate, in its worker (None if a model
+    hung or died on the way)."""
+    arch = next(s.arch for s in (old, new) if s.contained)
+    reply = _call(arch, old, new, "cross_run", events, j)
+    return None if isinstance(reply, Failure) else reply[1]
 
 
 def _failed_observations(op: str, f: Failure) -> tuple[Observation, Observation]:

@@ -26,7 +26,7 @@ from typing import Callable
 from oracles.compare import Divergence
 from oracles.triage import KnownEntry
 
-from fuzz import corpus
+from fuzz import corpus, rootcause
 from fuzz.engines.explore import explore, program_tasks, strip_schedule
 from fuzz.engines.generate import GenConfig, RandomSource, generate
 from fuzz.minimize import minimize
@@ -129,6 +129,7 @@ def found(events: list[Event], d: Divergence, job: Job, known: list[KnownEntry],
         res.unminimized += 1
     elif small is None:
         small = minimized(repro_prefix(events, d.event_index), job, known, d, seconds)
+    small = rootcause.attribute(small, job.arch, job.old, job.new, known)
     res.saved[small.signature] = save_divergence(small, job, known)
     res.divergences.append(small)
     return small
@@ -230,7 +231,7 @@ def console_progress(res: JobResult, what: str) -> None:
     j = res.job
     if what == "found":
         d = res.divergences[-1]
-        tag = "known" if d.known else "NEW"
+        tag = ("known" if d.known else "NEW") + (f" {d.cause}" if d.cause else "")
         n = len(d.trace)
         print(f"  [{j.arch} {j.old.name}..{j.new.name}] {tag} {d.cls} ({d.wrong_side} wrong) at "
               f"{d.op}: {d.shape}, {n} event{'' if n == 1 else 's'} -> {res.saved[d.signature]}",

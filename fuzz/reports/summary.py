@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TextIO
 
 from oracles.compare import CLASSES, Divergence
+from oracles.triage import is_candidate
 
 from fuzz.reports.picture import write_pictures
 from fuzz.reachability import ALIGNED, UNALIGNED_ONLY, reach_and_needs
@@ -31,7 +32,8 @@ def divergence_json(d: Divergence, saved: str | None, reachability: str | None =
             "signature": d.signature, "op": d.op, "shape": d.shape,
             "event_index": d.event_index, "detail": d.detail,
             "trace": trace_to_json(d.trace), "saved": saved,
-            "reachability": reachability, "needs": needs, "picture": picture}
+            "reachability": reachability, "needs": needs, "picture": picture,
+            "cause": d.cause, "root": d.root, "root_event": d.root_event}
 
 
 def build(results, seed: int, seconds: float, pictures: bool = True, reach: bool = True) -> dict:
@@ -62,8 +64,21 @@ def build(results, seed: int, seconds: float, pictures: bool = True, reach: bool
                        "events_per_second": round(events / seconds, 1) if seconds else 0.0,
                        "divergences": len(divs),
                        "new_divergences": sum(not d["known"] for d in divs),
+                       "new_roots": len(new_roots(divs)),
                        "unaligned_only": sum(d.get("reachability") == UNALIGNED_ONLY for d in divs),
                        "interrupted": any(r["interrupted"] for r in runs)}}
+
+
+def is_echo(d: dict, new_signatures: set[str]) -> bool:
+    """A NEW divergence that follows from another NEW one of the same report (a knock-on through
+    the state, or a zap/age/flush after a wrong gfn set at the same event): shown under it."""
+    return d.get("cause") in ("knock-on", "same-event") and d.get("root", "") in new_signatures
+
+
+def new_roots(divs: list[dict]) -> list[dict]:
+    """The NEW divergences that are not echoes of another NEW one (fuzz/rootcause.py)."""
+    fresh = {d["signature"] for d in divs if not d["known"]}
+    return [d for d in divs if not d["known"] and not is_echo(d, fresh)]
 
 
 def _short(text: str) -> str:
@@ -81,10 +96,14 @@ RUN_FIELDS = {"arch": _STR, "old": _STR, "new": _STR, "engine": _STR, "seed": _I
 DIV_FIELDS = {"class": _STR, "arch": _STR, "old": _STR, "new": _STR, "wrong_side": _STR,
               "known": _BOOL, "explanation": _STR, "signature": _STR, "op": _STR, "shape": _STR,
               "event_index": _INT, "detail": _STR, "trace": dict, "saved": (_STR, type(None)),
-              "reachability": (_STR, type(None)), "needs": (list, type(None)), "picture": (_STR, type(None))}
+              "reachability": (_STR, type(None)), "needs": (list, type(None)), "picture": (_STR, type(None)),
+              "cause": _STR, "root": _STR, "root_event": _INT}
+CAUSES = ("", "knock-on", "same-event", "inherited", "contrast")
+# fields that came after the schema's first reports, which stay valid without them
+LATER_FIELDS = ("needs", "cause", "root", "root_event")
 TOTAL_FIELDS = {"events": _INT, "traces": _INT, "seconds": _NUM, "events_per_second": _NUM,
                 "divergences": _INT, "new_divergences": _INT, "unaligned_only": _INT,
-                "interrupted": _BOOL}
+                "interrupted": _BOOL, "new_roots": _INT}
 
 
 def _fields(obj, spec: dict, where: str) -> None:
@@ -114,8 +133,9 @@ def validate_report(doc, source: str = "report") -> None:
     order = []
     for i, d in enumerate(doc["divergences"]):
         where = f"{source}: divergences[{i}]"
-        # `needs` came after the schema's first reports, which stay valid without it
-        _fields(d, DIV_FIELDS if "needs" in d else {k: v for k, v in DIV_FIELDS.items() if k != "needs"}, where)
+        _fields(d, {k: v for k, v in DIV_FIELDS.items() if k not in LATER_FIELDS or k in d}, where)
+        if d.get("cause", "") not in CAUSES:
+            raise ReportError(f"{where}: field cause: {d['cause']!r} is not one of {CAUSES[1:]} or empty")
         if d["class"] not in CLASSES:
             raise ReportError(f"{where}: field class: {d['class']!r} is not a divergence class")
         if d["wrong_side"] not in ("old", "new", "both"):
@@ -140,7 +160,9 @@ def validate_report(doc, source: str = "report") -> None:
     if order != sorted(order):
         raise ReportError(f"{source}: field divergences: not sorted new first, then by class severity")
     t = doc["totals"]
-    _fields(t, TOTAL_FIELDS, f"{source}: totals")
+    _fields(t, {k: v for k, v in TOTAL_FIELDS.items() if k != "new_roots" or k in t}, f"{source}: totals")
+    if "new_roots" in t and t["new_roots"] != len(new_roots(doc["divergences"])):
+        raise ReportError(f"{source}: totals: field new_roots: does not match the list")
     if t["divergences"] != len(doc["divergences"]):
         raise ReportError(f"{source}: totals: field divergences: {t['divergences']} but "
                           f"{len(doc['divergences'])} listed")
@@ -176,9 +198,19 @@ def verdict(doc: dict) -> str:
     t = doc["totals"]
     new, total = t["new_divergences"], t["divergences"]
     stopped = " (interrupted: what was found so far)" if t.get("interrupted") else ""
+    roots = len(new_roots(doc["divergences"]))
+    if new and roots < new:
+        return (f"verdict: {_plural(roots, 'NEW root cause')} and {new - roots} NEW "
+                f"{'divergence follows' if new - roots == 1 else 'divergences follow'} from "
+                f"{'it' if roots == 1 else 'them'}, not on the known list, of {total} distinct (exit 1){stopped}")
     if new:
         return (f"verdict: {_plural(new, 'NEW divergence')} not on the known list, "
                 f"of {total} distinct (exit 1){stopped}")
+    fixes = [d for d in doc["divergences"] if d["known"] and _candidate_fixes(d)]
+    if fixes:
+        bases = ", ".join(sorted({d["old"] if d["wrong_side"] == "old" else d["new"] for d in fixes}))
+        return (f"verdict: nothing new: all {total} distinct divergences are on the known list, and the "
+                f"candidate fixes {_plural(len(fixes), 'known flaw')} of {bases} (exit 0){stopped}")
     if total:
         return f"verdict: nothing new: all {total} distinct divergences are on the known list (exit 0){stopped}"
     return f"verdict: nothing new: no divergence at all (exit 0){stopped}"
@@ -195,6 +227,12 @@ def _new_block(i: int, d: dict, out: TextIO) -> None:
         print(f"     see:   memslot-fuzz show {d['saved']}", file=out)
     if d.get("picture"):
         print(f"     picture: {d['picture']}", file=out)
+
+
+def _candidate_fixes(d: dict) -> bool:
+    """A known flaw that only the base shows, against a candidate (fuzz.rootcause.fixes)."""
+    other = {"old": d["new"], "new": d["old"]}.get(d["wrong_side"])
+    return other is not None and is_candidate(other) and d.get("cause") not in ("knock-on", "contrast")
 
 
 def _kernel_sentence(d: dict) -> str:
@@ -236,12 +274,27 @@ def print_summary(doc: dict, out: TextIO, verbose: bool = False, files: bool = F
     t = doc["totals"]
     divs = doc["divergences"]
     print(verdict(doc), file=out)
-    fresh = [d for d in divs if not d["known"]]
-    if fresh:
+    roots = new_roots(divs)
+    if roots:
         print(file=out)
         print("NEW (not on the known list):", file=out)
-        for i, d in enumerate(fresh, 1):
+        fresh = {d["signature"] for d in divs if not d["known"]}
+        for i, d in enumerate(roots, 1):
             _new_block(i, d, out)
+            for e in divs:
+                if is_echo(e, fresh) and e["root"] == d["signature"]:
+                    why = ("the other version's code does the same from this side's state"
+                           if e["cause"] == "knock-on" else "follows from the wrong gfns at that event")
+                    print(_wrap(f"{e['class']} at {e['op']} ({e['shape']}, {e['wrong_side']} wrong, event "
+                                f"{e['event_index']}): {why}; see {e['saved'] or '-'}",
+                                " " * 7, f"     {e['cause']}: "), file=out)
+    fixed = [d for d in divs if d["known"] and _candidate_fixes(d)]
+    if fixed:
+        print(file=out)
+        print("fixes known (flaws of the base version that the candidate no longer has):", file=out)
+        for d in fixed:
+            base = d["old"] if d["wrong_side"] == "old" else d["new"]
+            print(_wrap(f"{d['class']} at {d['op']} ({d['shape']}) of {base}", " " * 4, "  - "), file=out)
     known = [d for d in divs if d["known"]]
     if known and not verbose:
         print(file=out)

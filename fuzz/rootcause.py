@@ -1,0 +1,261 @@
+"""Root causes: which divergence of a trace is the cause, and which are its echoes.
+
+A minimized trace often shows several divergences, and only some of them are what a version's
+code does differently at that event.  Two relations, both decided by running models, never by
+the names of classes:
+
+* **knock-on**.  A divergence D at event j with one side S wrong, when the two sides reach
+  event j in different states.  Run the other side's code from S's state at j (a copy of S's
+  model whose class is swapped for the other side's; the two classes must keep the same
+  attributes).  If the other version's code goes wrong the same way from there, event j's code
+  is not what differs: the state is, so D is a knock-on of the divergence at the event after
+  which the two sides' states first differed (its root).  A knock-on of a known root is known;
+  a knock-on of a NEW root stays NEW but is reported under its root, and counts once.
+
+* **inherited** (a candidate against the version it patches, its base: the other side).  A
+  divergence that blames only the candidate at an event where both sides started from the same
+  state, where the base is wrong in a known way the candidate is not (the candidate fixes it),
+  and whose class, operation and shape the known list gives the base itself.  The evidence must
+  be a run: the same trace with a few earlier events deleted (one or two faults, host maps or
+  notifier pairs) in which base and candidate both show it at the same event.  Then the
+  candidate's code did not cause it: the base's flaw used to mask it (the MIPS fix of the
+  inclusive end zaps less, and the flush that v5.13 asks for after every slot hit is no longer
+  covered by a zap).  Reported as known, "inherited from <base>", with the fix named.
+
+* **same-event**: a NEW zap, age or flush finding at an event where the same side's walker
+  handed its handlers the wrong gfns (a NEW gfn-set-mismatch there): the gfn set is the root.
+
+* **contrast**: a known flaw of the base that shows against a candidate only because the
+  candidate's own NEW divergence at that event covers it (an over-zap makes the base's
+  unconditional flush look needed).  Never counted as a fix.
+
+Everything else, a divergence at the event where the candidate's own code differs, is a root.
+Task-mode traces (several tasks, or versions that need them) are left as they are: a state at
+an event there depends on the schedule.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+from oracles.compare import Divergence, SideResult, compare_event
+from oracles.reference import expect, trace_contexts
+from oracles.triage import KnownEntry, is_candidate, mark_known
+
+from fuzz import runner
+from fuzz.runner_tasks import needs_task_mode
+from language.trace import (Event, FaultBegin, FaultCommit, InvalidateRangeEnd, InvalidateRangeStart,
+                            notifier_range)
+from language.wellformed import well_formed
+
+# what a handler did with the gfns it was handed (a wrong gfn set at the same event explains them)
+EFFECTS = ("missed-invalidation", "over-invalidation", "wrong-young", "spurious-flush", "missed-flush")
+MAX_DELETED_UNITS = 2          # how many earlier events (or pairs) the inheritance evidence may drop
+
+
+@dataclass
+class CrossRun:
+    """What the runner learned at event j of a trace: whether the sides' states were equal, and
+    the findings of each version's code when both run from one side's state."""
+    states_equal: bool
+    from_old_state: list[tuple[str, str, str, str]]    # (cls, op, shape, wrong_side), old code at "old"
+    from_new_state: list[tuple[str, str, str, str]]
+
+
+def _same(a, b) -> bool:
+    """Equal in what the oracles read of a mapping (the models' bookkeeping may differ)."""
+    return (a.slots == b.slots and a.leaves == b.leaves and a.tlb == b.tlb
+            and a.mmu_notifier_count == b.mmu_notifier_count and a.tlbs_dirty == b.tlbs_dirty)
+
+
+def _advance(side_cls: type, events: list[Event], j: int):
+    m = side_cls()
+    for ev in events[:j]:
+        obs = runner.apply_event(m, ev)
+        if obs.crashed:
+            return None
+    return m
+
+
+def _as(model, cls: type):
+    twin = copy.deepcopy(model)
+    twin.__class__ = cls
+    return twin
+
+
+def _both_codes_from(model, old_cls: type, new_cls: type, events: list[Event], j: int,
+                     context) -> list[tuple[str, str, str, str]]:
+    ev = events[j]
+    a, b = _as(model, old_cls), _as(model, new_cls)
+    pre = a.snapshot() if notifier_range(ev) is not None else None
+    obs_a, obs_b = runner.apply_event(a, ev), runner.apply_event(b, ev)
+    exp = expect(ev, pre) if pre is not None else None
+    divs = compare_event(j, ev, exp, SideResult(pre, a.view(), obs_a, a.host),
+                         exp, SideResult(pre, b.view(), obs_b, b.host), context)
+    return [(d.cls, d.op, d.shape, d.wrong_side) for d in divs]
+
+
+def cross_run(events: list[Event], j: int, old_cls: type, new_cls: type) -> CrossRun | None:
+    """Run both versions' code at event j from each side's own state (None when that cannot
+    be done faithfully: the classes keep different attributes, or a side crashed before j)."""
+    if needs_task_mode(events, old_cls, new_cls):
+        return None
+    probe_old, probe_new = old_cls(), new_cls()
+    if set(vars(probe_old)) != set(vars(probe_new)):
+        return None
+    m_old, m_new = _advance(old_cls, events, j), _advance(new_cls, events, j)
+    if m_old is None or m_new is None:
+        return None
+    context = trace_contexts(events)[j]
+    equal = _same(m_old.snapshot(), m_new.snapshot())
+    return CrossRun(equal, _both_codes_from(m_old, old_cls, new_cls, events, j, context),
+                    _both_codes_from(m_new, old_cls, new_cls, events, j, context))
+
+
+def _cross(events: list[Event], j: int, old: runner.Side, new: runner.Side) -> CrossRun | None:
+    if old.contained or new.contained:       # a candidate's class exists only in its worker
+        from fuzz.contain import cross_run_contained
+        return cross_run_contained(events, j, old, new)
+    return cross_run(events, j, old.cls, new.cls)
+
+
+def _first_state_difference(events: list[Event], j: int, old: runner.Side, new: runner.Side) -> int | None:
+    """The event after which the two sides' states first differ (None: equal up to j)."""
+    for i in range(j):
+        c = _cross(events, i + 1, old, new)
+        if c is not None and not c.states_equal:
+            return i
+    return None
+
+
+def _units(events: list[Event], j: int) -> list[list[int]]:
+    """Earlier events as deletable units: a fault's begin and commit, a notifier pair."""
+    units, taken = [], set()
+    for i, ev in enumerate(events[:j]):
+        if i in taken:
+            continue
+        unit = [i]
+        if isinstance(ev, FaultBegin):
+            unit += [k for k in range(i + 1, j) if isinstance(events[k], FaultCommit) and events[k].fault == ev.fault][:1]
+        elif isinstance(ev, InvalidateRangeStart):
+            unit += [k for k in range(i + 1, j) if isinstance(events[k], InvalidateRangeEnd)
+                     and (events[k].start, events[k].end) == (ev.start, ev.end) and k not in taken][:1]
+        taken.update(unit)
+        units.append(unit)
+    return units
+
+
+def _inheritance_evidence(d: Divergence, old: runner.Side, new: runner.Side,
+                          known: list[KnownEntry]) -> list[int] | None:
+    """Earlier events whose deletion lets base and candidate both show d at its event."""
+    events, j = d.trace, d.event_index
+    units = _units(events, j)
+    tries = [[u] for u in units] + [[u, v] for a, u in enumerate(units) for v in units[a + 1:]]
+    for drop in tries:
+        gone = sorted(i for u in drop for i in u)
+        if len(drop) > MAX_DELETED_UNITS:
+            break
+        variant = [ev for i, ev in enumerate(events) if i not in gone]
+        if not well_formed(variant):
+            continue
+        at = j - len(gone)
+        for x in runner.run_trace(variant, d.arch, old, new, known).divergences:
+            if (x.cls, x.op, x.shape, x.wrong_side, x.event_index) == (d.cls, d.op, d.shape, "both", at):
+                return gone
+    return None
+
+
+def _base_has(d: Divergence, base: str, known: list[KnownEntry]) -> str | None:
+    probe = Divergence(d.cls, "both", d.op, d.shape, d.event_index, "", d.arch, base, base)
+    mark_known([probe], known)
+    return probe.explanation if probe.known else None
+
+
+def _label(d: Divergence) -> str:
+    return f"{d.cls} at {d.op} ({d.shape})"
+
+
+def attribute(d: Divergence, arch: str, old: runner.Side, new: runner.Side,
+              known: list[KnownEntry]) -> Divergence:
+    """Set d.cause/root/root_event (and known, for echoes of known behaviour): see the module
+    doc.  d.trace is the trace that shows d (minimized or not); d is returned."""
+    if d.wrong_side == "both" or not d.trace or d.event_index >= len(d.trace):
+        return d
+    events = d.trace
+    if needs_task_mode(events, *(s.cls for s in (old, new) if not s.contained)):
+        return d
+    try:
+        res = runner.run_trace(events, arch, old, new, known)
+        here = _cross(events, d.event_index, old, new)
+    except Exception:                          # a model that cannot be copied: leave d as it is
+        return d
+    if here is None:
+        return d
+    wrong = d.wrong_side
+    shown = here.from_new_state if wrong == "new" else here.from_old_state
+    other_pos = "old" if wrong == "new" else "new"
+    if not here.states_equal:
+        if any((c, o, s) == (d.cls, d.op, d.shape) and w in (other_pos, "both") for c, o, s, w in shown):
+            i = _first_state_difference(events, d.event_index, old, new)
+            roots = [x for x in res.divergences if i is not None and x.event_index == i]
+            root = next((x for x in roots if x.wrong_side in (wrong, "both")), roots[0] if roots else None)
+            d.cause = "knock-on"
+            d.root_event = i if i is not None else -1
+            if root is not None:
+                d.root = root.signature
+                if root.known and not d.known:
+                    d.known = True
+                    d.explanation = (f"knock-on of a known divergence at event {i}, {_label(root)}: the "
+                                     f"other version's code does the same from this side's state here. "
+                                     f"{root.explanation}")
+        return d
+    # same state, one side wrong: this event's code differs
+    side_name = new.name if wrong == "new" else old.name
+    base = old.name if wrong == "new" else new.name
+    here_divs = [x for x in res.divergences if x.event_index == d.event_index and x.signature != d.signature]
+    if not d.known and d.cls in EFFECTS:
+        # the walker handed the wrong gfns at this very event: what was zapped, aged or flushed
+        # follows from that
+        walker = next((x for x in here_divs if x.cls == "gfn-set-mismatch" and not x.known
+                       and x.wrong_side in (wrong, "both")), None)
+        if walker is not None:
+            d.cause, d.root, d.root_event = "same-event", walker.signature, d.event_index
+            return d
+    if d.known and is_candidate(base) and not is_candidate(side_name):
+        # a known flaw of the base that the candidate does not show here only because its own
+        # new divergence at this event covers it (an over-zap makes a flush look needed)
+        own = next((x for x in here_divs if not x.known and x.wrong_side in (other_pos, "both")), None)
+        if own is not None:
+            d.cause, d.root, d.root_event = "contrast", own.signature, d.event_index
+        return d
+    # a candidate's divergence is its own unless it only uncovered what its base does too
+    if d.known or not is_candidate(side_name) or is_candidate(base):
+        return d
+    fixed = [x for x in res.divergences
+             if x.event_index == d.event_index and x.wrong_side == other_pos and x.known]
+    why = _base_has(d, base, known)
+    if not fixed or why is None:
+        return d
+    gone = _inheritance_evidence(d, old, new, known)
+    if gone is None:
+        return d
+    d.cause = "inherited"
+    d.root_event = d.event_index
+    d.root = fixed[0].signature
+    d.known = True
+    d.explanation = (f"inherited from {base}: {base} does this too (without events "
+                     f"{', '.join(map(str, gone))} both sides show it at this event); it shows on the "
+                     f"candidate alone because the candidate fixes {base}'s "
+                     f"{'; '.join(_label(x) for x in fixed)} here. {why}")
+    return d
+
+
+def fixes(divergences: list[Divergence]) -> list[Divergence]:
+    """The known flaws a candidate fixes: known divergences that blame only the other side of
+    a pair where one side is a candidate."""
+    out = []
+    for d in divergences:
+        cand = {"old": d.new, "new": d.old}.get(d.wrong_side)
+        if cand is not None and d.known and is_candidate(cand):
+            out.append(d)
+    return out

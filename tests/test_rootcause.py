@@ -1,0 +1,157 @@
+"""Root causes and echoes (fuzz/rootcause.py): a fix of a known flaw is not a new bug, and one
+bug is one NEW root with what follows from it linked to it.  Hand-worked traces from the MIPS
+and x86 models, and two runs of the CLI."""
+import json
+
+import pytest
+from util import HVA, P, fault, host, slot
+
+from fuzz import rootcause
+from fuzz.runner import Side, run_trace
+from impls.mips import MipsV5_13
+from impls.x86_shadow import X86ShadowV5_13
+from language.trace import InvalidateRangeStart, SyncPage
+from oracles.triage import load_known
+
+from test_cli import run_cli
+
+KNOWN = load_known()
+
+
+class MipsEndFix(MipsV5_13):
+    """The fix of MIPS's inclusive end: kvm_unmap_gfn_range and kvm_age_gfn pass range->end - 1."""
+
+    def kvm_unmap_gfn_range(self, range):
+        return self.unmap_handler("kvm_unmap_gfn_range", range.slot, range.start, range.end - 1)
+
+    def kvm_age_gfn(self, range):
+        return self.age_handler("kvm_age_gfn", range.slot, range.start, range.end - 1)
+
+
+class MipsEndFixNoFlush(MipsEndFix):
+    """The same fix, plus a bug: unmap never asks for a flush."""
+
+    def kvm_unmap_gfn_range(self, range):
+        super().kvm_unmap_gfn_range(range)
+        return False
+
+
+class X86OffByOne(X86ShadowV5_13):
+    """One gfn too many handed to kvm_unmap_gfn_range."""
+
+    def kvm_unmap_gfn_range(self, range):
+        range.end += 1
+        return super().kvm_unmap_gfn_range(range)
+
+
+BASE = Side("v5.13", MipsV5_13)
+# gfn 0x1008 is mapped; the invalidation covers the page of gfn 0x1007 only.  v5.13 hands the
+# exclusive end 0x1008 to the inclusive flush and zaps 0x1008 too; the fix zaps nothing, and
+# its flush (MIPS unmap answers 1 for every slot hit, unchanged) covers no zap
+MIPS_TRACE = [host(HVA, 512, 0x10400), slot(0, 3, 0x1005, 4, HVA + 0x1fc000), *fault(0, 0x1008),
+              InvalidateRangeStart(HVA + 0x1fe000, HVA + 0x1fe000 + P)]
+
+
+def attributed(events, arch, old, new):
+    out = []
+    for d in run_trace(events, arch, old, new, KNOWN).divergences:
+        d.trace = events
+        out.append(rootcause.attribute(d, arch, old, new, KNOWN))
+    return {(d.cls, d.wrong_side, d.shape): d for d in out}
+
+
+def test_the_mips_fix_only_uncovers_v5_13s_unconditional_flush():
+    ds = attributed(MIPS_TRACE, "mips", BASE, Side("fix.py:MipsEndFix", MipsEndFix))
+    assert set(ds) == {("gfn-set-mismatch", "old", "one-gfn-past-end"),
+                       ("over-invalidation", "old", "one-gfn-past-end"),
+                       ("spurious-flush", "new", "nothing-changed")}
+    flush = ds[("spurious-flush", "new", "nothing-changed")]
+    assert flush.known and flush.cause == "inherited"
+    assert flush.root == ds[("gfn-set-mismatch", "old", "one-gfn-past-end")].signature
+    assert "inherited from v5.13" in flush.explanation and "without events 0" in flush.explanation
+    assert {d.cls for d in rootcause.fixes(list(ds.values()))} == {"gfn-set-mismatch", "over-invalidation"}
+
+
+def test_the_same_flush_from_our_own_v5_13_is_not_excused_as_inherited():
+    # not a candidate: the known list decides alone (both sides v5.13 show it as "both")
+    ds = attributed(MIPS_TRACE, "mips", BASE, Side("v5.13", MipsV5_13))
+    assert all(d.wrong_side == "both" and d.cause == "" for d in ds.values())
+
+
+def test_a_fix_that_also_breaks_the_flush_is_new():
+    # the fix without the flush: its missing flush is its own, never inherited, whatever the
+    # known list says of v5.13
+    ev = [host(HVA, 512, 0x10400), slot(0, 3, 0x1005, 4, HVA + 0x1fc000), *fault(0, 0x1007),
+          InvalidateRangeStart(HVA + 0x1fe000, HVA + 0x1fe000 + P)]
+    ds = attributed(ev, "mips", BASE, Side("fix.py:MipsEndFixNoFlush", MipsEndFixNoFlush))
+    new = [d for d in ds.values() if not d.known]
+    # gfn 0x1007 zapped without a flush: the guest can still reach it through the TLB
+    assert ("missed-invalidation", "new") in [(d.cls, d.wrong_side) for d in new]
+    assert all(d.wrong_side == "new" and d.cause != "inherited" for d in new)
+
+
+def test_a_later_flush_that_differs_only_through_the_state_is_a_knock_on():
+    # x86 shadow: gfns 0x1203 and 0x1205 mapped; the off-by-one zaps 0x1205 (and flushes) at
+    # event 6, which also drops the translation sync_page leaves for 0x1203 at event 7 ... so the
+    # later invalidation's flush is spurious on the candidate's side only; v5.13's own code run
+    # from the candidate's state at event 8 flushes the same way
+    ev = [host(HVA, 64, 0x10000, writable=False), slot(0, 2, 0x1203, 8, HVA), *fault(0, 0x1203),
+          *fault(0, 0x1205), InvalidateRangeStart(HVA + P, HVA + P + 1), SyncPage(0, 0x1203),
+          InvalidateRangeStart(HVA, HVA + 1)]
+    old, new = Side("v5.13", X86ShadowV5_13), Side("obo.py:X86OffByOne", X86OffByOne)
+    ds = attributed(ev, "x86-shadow", old, new)
+    root = ds[("gfn-set-mismatch", "new", "one-gfn-past-end")]
+    assert root.cause == "" and not root.known and root.event_index == 6
+    zap = ds[("over-invalidation", "new", "one-gfn-past-end")]
+    assert (zap.cause, zap.root) == ("same-event", root.signature)
+    echo = ds[("spurious-flush", "new", "nothing-changed")]
+    assert (echo.cause, echo.root, echo.root_event, echo.event_index) == ("knock-on", root.signature, 6, 8)
+
+
+MIPS_FIX_FILE = '''
+from impls.mips import MipsV5_13
+
+
+class MipsEndFix(MipsV5_13):
+    def kvm_unmap_gfn_range(self, range):
+        return self.unmap_handler("kvm_unmap_gfn_range", range.slot, range.start, range.end - 1)
+
+    def kvm_age_gfn(self, range):
+        return self.age_handler("kvm_age_gfn", range.slot, range.start, range.end - 1)
+'''
+
+OFF_BY_ONE_FILE = '''
+from impls.x86_shadow import X86ShadowV5_13
+
+
+class OffByOne(X86ShadowV5_13):
+    def kvm_unmap_gfn_range(self, range):
+        range.end += 1
+        return super().kvm_unmap_gfn_range(range)
+'''
+
+
+@pytest.mark.parametrize("arch, text, cls, want", [
+    ("mips", MIPS_FIX_FILE, "MipsEndFix", 0),
+    ("x86-shadow", OFF_BY_ONE_FILE, "OffByOne", 1)])
+def test_a_run_reports_a_fix_as_fixing_and_a_bug_as_one_root(tmp_path, capsys, arch, text, cls, want):
+    (tmp_path / "cand.py").write_text(text)
+    report = tmp_path / "report.json"
+    rc = run_cli("run", "--arch", arch, "--old", "v5.13", "--new", f"{tmp_path / 'cand.py'}:{cls}",
+                "--max-traces", "1500", "--max-time", "600", "--seed", "1", "--out", str(tmp_path / "out"),
+                "--report", str(report), "--quiet")
+    out = capsys.readouterr().out
+    assert rc == want, out[-3000:]
+    doc = json.loads(report.read_text())
+    last = out.strip().splitlines()[-1]
+    if want == 0:
+        assert doc["totals"]["new_divergences"] == 0
+        assert "the candidate fixes" in last and "of v5.13 (exit 0)" in last
+        assert any(d["cause"] == "inherited" for d in doc["divergences"])
+        assert "fixes known" in out
+    else:
+        roots = [d for d in doc["divergences"] if not d["known"] and d["cause"] not in ("knock-on", "same-event")]
+        assert doc["totals"]["new_roots"] == len(roots) == 1, [d["signature"] for d in roots]
+        others = [d for d in doc["divergences"] if not d["known"] and d is not roots[0]]
+        assert others and all(d["root"] == roots[0]["signature"] for d in others)
+        assert last.startswith("verdict: 1 NEW root cause and ") and " from it, not on the known list" in last
