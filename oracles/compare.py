@@ -64,9 +64,9 @@ class Divergence:
     # the other does not), so one side alone showing what both versions are known to do is that
     # known behaviour, not a change (oracles.triage.mark_known)
     sides_differ: bool = False
-    # fuzz/rootcause.py: "knock-on" (an echo of the divergence `root` at event `root_event`,
-    # through the state it left) or "inherited" (a candidate shows what its base does, once it
-    # fixes the base's flaw `root`); "" for a root cause or not analysed
+    # how it relates to another divergence `root` of its trace, at event `root_event`
+    # (fuzz/rootcause.py): "knock-on", "same-event", "inherited", "contrast" (docs/REPORT.md);
+    # "" for a root cause or not analysed
     cause: str = ""
     root: str = ""
     root_event: int = -1
