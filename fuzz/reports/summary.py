@@ -261,7 +261,9 @@ def _collapsed(divs: list[dict], out: TextIO) -> None:
                 items = by_class[cls]
                 shapes = sorted({f"{d['op']} {d['shape']}" for d in items})
                 reach = sum(1 for d in items if d.get("needs") == [])
-                text = f"{cls} x{len(items)}, {reach} by a kernel-legal trace: " + "; ".join(shapes)
+                causes = [f"{n} {c}" for c in CAUSES[1:] if (n := sum(d.get("cause") == c for d in items))]
+                text = (f"{cls} x{len(items)}" + (f" ({', '.join(causes)})" if causes else "")
+                        + f", {reach} by a kernel-legal trace: " + "; ".join(shapes))
                 print(_wrap(text, " " * 16, f"    {label:11s} "), file=out)
 
 
