@@ -429,22 +429,6 @@ def _merge(found: dict, part: dict) -> list[str]:
     return new
 
 
-def _work(args) -> tuple[int, LayoutResult]:
-    i, layout, arch, old, new, known, ops, reduce, deadline = args
-    if deadline is not None and time.monotonic() >= deadline:
-        return i, LayoutResult(skipped="deadline")
-    return i, run_layout(layout, arch, old, new, known, ops, reduce, deadline)
-
-
-def _pool_worker_init(parent: int) -> None:
-    import signal
-
-    from fuzz import lifetime
-    lifetime.die_with_parent(parent)                  # however the parent dies
-    signal.signal(signal.SIGINT, signal.SIG_IGN)      # the parent handles Ctrl-C and SIGTERM,
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)     # and Pool.terminate() ends us with SIGTERM
-
-
 def run_exhaustive(arch: str, old_side: Side, new_side: Side, known: list[KnownEntry],
                    max_slots: int = 3, max_pages: int = 4, max_as: int = 2,
                    deadline: float | None = None, progress: Progress | None = None, *,
@@ -456,7 +440,9 @@ def run_exhaustive(arch: str, old_side: Side, new_side: Side, known: list[KnownE
     deadline: an absolute time.monotonic() instant; the run stops there (stats.complete is
     False) with everything found so far.  progress(stats, what, divergence) is called with
     what="found" for each new signature (divergence given) and "tick" about every 2 s.
-    jobs > 1 spreads layouts over that many forked processes (they die with this one).
+    jobs > 1 spreads layouts over that many forked workers, through the pool every engine's
+    --jobs uses (fuzz/engines/parallel.py run_pool: they die with this process, get its stop
+    signal, and a layout whose worker died is reported and not counted as checked).
     SIGINT or SIGTERM stops cleanly (stats.interrupted).  Returns one divergence per signature, with the smallest trace seen,
     re-run from scratch and minimized (minimize_seconds per signature; 0 to skip), sorted
     new first, then by class severity.
@@ -511,16 +497,17 @@ def run_exhaustive(arch: str, old_side: Side, new_side: Side, known: list[KnownE
                 if lr.skipped == "deadline":
                     break
         else:
-            import multiprocessing
-            ctx = multiprocessing.get_context("fork")
-            with ctx.Pool(jobs, initializer=_pool_worker_init, initargs=(os.getpid(),)) as pool:
-                # leaving the block (deadline, SIGINT/SIGTERM) terminates the pool
-                work = ((i, lay, arch, old_side, new_side, known, ops, reduce_ranges, deadline)
-                        for i, lay in enumerate(lays))
-                for i, lr in pool.imap_unordered(_work, work, chunksize=4):
-                    absorb(lays[i], lr)
-                    if deadline is not None and time.monotonic() >= deadline:
-                        break       # layouts still in flight are dropped, nothing was reported of them
+            from fuzz.engines import parallel
+
+            def work(i: int, report) -> LayoutResult:
+                # run_layout watches the deadline itself: a layout the deadline cuts comes back
+                # with what it checked (skipped="deadline", so not counted as done), as with jobs=1
+                return run_layout(lays[i], arch, old_side, new_side, known, ops, reduce_ranges, deadline)
+
+            run = parallel.run_pool(jobs, len(lays), work, on_result=lambda i, lr: absorb(lays[i], lr),
+                                    deadline=deadline)
+            stats.interrupted |= run.interrupted
+            parallel.say_losses(f"exhaustive {arch}", run, "layout")
     except KeyboardInterrupt:          # SIGINT or SIGTERM (fuzz.lifetime.Interrupted)
         stats.interrupted = True
     stats.seconds = time.monotonic() - start
