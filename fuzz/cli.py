@@ -170,6 +170,7 @@ def cmd_run(args) -> int:
             load_failures[arch] = probe.failure
         gen = profile_config(args.profile, address_space_num=probe.address_space_num,
                              max_events=args.max_events, aligned_only=args.aligned_only,
+                             kernel_only=args.kernel_only,
                              x86_shadow_paging=arch.startswith("x86"),
                              tasks=args.tasks or probe.needs_tasks or args.schedules == "exhaustive",
                              max_slots=_user_mem_slots(old, new))
@@ -368,7 +369,8 @@ def run_with_atheris(job: Job, args, known) -> JobResult:
     run = atheris_engine.run_atheris_stats(
         job.arch, job.old.name, job.new.name, job.max_time, job.out_dir, jobs=args.jobs,
         seed_dirs=[root / "seeds", root / job.arch], max_events=args.max_events,
-        aligned_only=args.aligned_only, minimize_seconds=args.minimize_seconds, save_known=True,
+        aligned_only=args.aligned_only, kernel_only=args.kernel_only,
+        minimize_seconds=args.minimize_seconds, save_known=True,
         progress=None if args.quiet else atheris_engine.console_progress(label))
     res = JobResult(job, events=run.events, traces=run.execs, seconds=run.seconds,
                     interrupted=run.interrupted)
@@ -511,7 +513,11 @@ def cmd_show(args) -> int:
     arch = arch or "x86-shadow"         # a plain trace names no arch
     check_well_formed(events, str(path))
     old, new = _side(arch, old, args.trace_timeout), _side(arch, new, args.trace_timeout)   # Sides: a candidate
-    res = run_trace(events, arch, old, new, load_known(), keep_observations=True)         # runs contained
+    known = load_known()
+    res = run_trace(events, arch, old, new, known, keep_observations=True)         # runs contained
+    for d in res.divergences:           # which is the root, which an echo, what a fix uncovers
+        d.trace = events
+        rootcause.attribute(d, arch, old, new, known)
     if args.html:
         output.write_text(args.html, timeline.show_html(events, res, arch, old, new, args.hva_scale), "--html")
         print(f"memslot-fuzz: wrote {args.html}", file=sys.stderr)
@@ -639,6 +645,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="generate traces of several kernel tasks with schedules (on by default when a "
                         "version needs real locks: series-v1 and v5.15 onwards)")
     r.add_argument("--aligned-only", action="store_true", help="page-aligned notifier ranges only")
+    r.add_argument("--kernel-only", action="store_true",
+                   help="generate only what a running kernel's mm sends: no allowance (aligned, "
+                        "non-empty ranges; change_pte inside an invalidation of its page; aging of "
+                        "present pages, one pte or pmd per call), so every divergence found needs "
+                        "no broken rule (random, hypothesis and atheris engines; implies --aligned-only)")
     r.add_argument("--minimize-seconds", type=argtypes.positive_float, default=10.0,
                    help="time limit per minimization")
     r.add_argument("--minimize-budget", type=argtypes.positive_float, default=None, metavar="S",

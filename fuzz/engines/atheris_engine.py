@@ -21,6 +21,8 @@ for -jobs/-workers/-fork/-minimize_crash) is configured by environment variables
     MEMSLOT_FUZZ_OUT       output directory for divergence traces (default memslot-fuzz-out)
     MEMSLOT_FUZZ_MAX_EVENTS        longest trace decoded from raw bytes (default 40)
     MEMSLOT_FUZZ_ALIGNED_ONLY      1: page-aligned notifier ranges only (default 0)
+    MEMSLOT_FUZZ_KERNEL_ONLY       1: only traces a running kernel sends (check_well_formed strict=True):
+                                   generated ones, and JSON inputs only if they pass it (default 0)
     MEMSLOT_FUZZ_MINIMIZE_SECONDS  minimize a divergence before saving it (default 5; 0: off)
     MEMSLOT_FUZZ_SAVE_KNOWN        1: also save the first trace of each known signature (no crash)
     MEMSLOT_FUZZ_SKIP_SAVED        1: a new signature already saved under OUT is not a crash again
@@ -74,25 +76,29 @@ class BytesSource(Source):
         return lo + int.from_bytes(chunk, "big") % (span + 1)
 
 
-def json_trace(data: bytes) -> list[Event] | None:
-    """The events of `data` if it is a well-formed JSON trace, else None."""
+def json_trace(data: bytes, strict: bool = False) -> list[Event] | None:
+    """The events of `data` if it is a well-formed JSON trace (strict: one that breaks no
+    allowance either, language.wellformed.ALLOWANCES), else None."""
     if not data.lstrip()[:1] == b"{":
         return None
     try:
         doc = json.loads(data)
         events = trace_from_json(doc)
-        check_well_formed(events)
+        check_well_formed(events, strict=strict)
     except (ValueError, TraceError, RecursionError):     # JSONDecodeError, UnicodeDecodeError
         return None
     return events
 
 
 def decode(data: bytes, cfg: GenConfig | None = None) -> list[Event]:
-    """Bytes to a well-formed trace: a JSON trace as itself, anything else via the generator."""
-    events = json_trace(data)
+    """Bytes to a well-formed trace: a JSON trace as itself, anything else via the generator.
+    With cfg.kernel_only a JSON trace that breaks an allowance (a corpus seed, or a mutant:
+    fuzz.engines.mutator checks only the rules) is not itself: its bytes drive the generator."""
+    cfg = cfg or GenConfig()
+    events = json_trace(data, strict=cfg.kernel_only)
     if events is not None:
         return events
-    return generate(BytesSource(data), cfg or GenConfig())
+    return generate(BytesSource(data), cfg)
 
 
 def encode(events: list[Event]) -> bytes:
@@ -156,6 +162,7 @@ class TargetConfig:
     manifest: Path | None = None
     instrument: str = "imports"
     mutator: bool = True
+    kernel_only: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, argv0: str = "") -> "TargetConfig":
@@ -183,7 +190,8 @@ class TargetConfig:
                    skip_saved=_env_bool(env, "MEMSLOT_FUZZ_SKIP_SAVED", False),
                    manifest=Path(manifest) if manifest else None,
                    instrument=instrument,
-                   mutator=_env_bool(env, "MEMSLOT_FUZZ_MUTATOR", True))
+                   mutator=_env_bool(env, "MEMSLOT_FUZZ_MUTATOR", True),
+                   kernel_only=_env_bool(env, "MEMSLOT_FUZZ_KERNEL_ONLY", False))
 
     def to_env(self) -> dict[str, str]:
         env = {"MEMSLOT_FUZZ_ARCH": self.arch, "MEMSLOT_FUZZ_OLD": self.old,
@@ -194,14 +202,16 @@ class TargetConfig:
                "MEMSLOT_FUZZ_SAVE_KNOWN": str(int(self.save_known)),
                "MEMSLOT_FUZZ_SKIP_SAVED": str(int(self.skip_saved)),
                "MEMSLOT_FUZZ_INSTRUMENT": self.instrument,
-               "MEMSLOT_FUZZ_MUTATOR": str(int(self.mutator))}
+               "MEMSLOT_FUZZ_MUTATOR": str(int(self.mutator)),
+               "MEMSLOT_FUZZ_KERNEL_ONLY": str(int(self.kernel_only))}
         if self.manifest:
             env["MEMSLOT_FUZZ_MANIFEST"] = str(self.manifest)
         return env
 
     def gen_config(self, address_space_num: int) -> GenConfig:
         return GenConfig(address_space_num=address_space_num, max_events=self.max_events,
-                         aligned_only=self.aligned_only, x86_shadow_paging=self.arch.startswith("x86"))
+                         aligned_only=self.aligned_only, kernel_only=self.kernel_only,
+                         x86_shadow_paging=self.arch.startswith("x86"))
 
 
 def saved_signatures(out_dir: Path, arch: str, old: str, new: str) -> set[str]:
@@ -273,7 +283,7 @@ def run_atheris_stats(arch: str, old: str, new: str, max_time: float, out_dir: P
                       max_events: int = 40, aligned_only: bool = False,
                       minimize_seconds: float = 5.0, save_known: bool = False,
                       runs: int | None = None, progress: Progress | None = None,
-                      max_len: int = 65536) -> AtherisRun:
+                      max_len: int = 65536, kernel_only: bool = False) -> AtherisRun:
     """Fuzz (arch, old, new) with atheris for max_time seconds (or `runs` executions).
 
     corpus_dir: libFuzzer's writable corpus (created; kept between runs; None: a temporary
@@ -294,7 +304,7 @@ def run_atheris_stats(arch: str, old: str, new: str, max_time: float, out_dir: P
         work_p = Path(work)
         manifest = work_p / "manifest.tsv"
         cfg = TargetConfig(arch, old, new, out_dir.resolve(), max_events, aligned_only,
-                           minimize_seconds, save_known, True, manifest)
+                           minimize_seconds, save_known, True, manifest, kernel_only=kernel_only)
         env = target_env(cfg)
         writable = Path(corpus_dir) if corpus_dir is not None else work_p / "corpus"
         writable.mkdir(parents=True, exist_ok=True)

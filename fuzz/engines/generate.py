@@ -6,6 +6,10 @@ huge-page boundary.  Layouts favour what breaks walkers: hva aliasing (within an
 address spaces), GPA-adjacent and hva-adjacent slots, 2 MiB aligned regions backed by huge
 pages, empty and 1-byte notifier ranges.
 
+`GenConfig.kernel_only` breaks none of them: every trace then passes
+`check_well_formed(strict=True)` (no language.wellformed.ALLOWANCES), i.e. it is exactly what a
+running kernel's mm sends (see `_Gen` methods `present_page` and `kernel_aging`).
+
 The generator is written once against `Source`, a tiny interface for choices, so the same
 code serves the seeded random engine (RandomSource), the hypothesis strategy
 (`traces()`), and byte-driven engines.
@@ -98,12 +102,19 @@ class GenConfig:
     address_space_num: int = 2
     max_events: int = 40
     aligned_only: bool = False          # notifier ranges page aligned, as the kernel's mm sends
+    kernel_only: bool = False           # only what a running kernel's mm sends: check_well_formed(strict=True)
     x86_shadow_paging: bool = True      # emit sync_page (tlbs_dirty) events
     tasks: bool = False                 # several kernel tasks and a schedule (fuzz/schedule.py)
     profile: str = "default"            # default | large-vm (see profile_config)
     slots: int = 400                    # large-vm: memslots laid over the guest (capped by max_slots)
     max_slots: int = 509                # the arch's KVM_USER_MEM_SLOTS (x86's, the smallest of the big ones)
     guest_bytes: int = 1 << 40          # large-vm: guest memory, backed by 1 GiB host pages
+
+    def __post_init__(self) -> None:
+        # every range the kernel's mm sends is page aligned: kernel_only restricts a superset
+        # of what aligned_only does (and the report's aligned_only says so)
+        if self.kernel_only:
+            self.aligned_only = True
 
 
 def profile_config(profile: str, **kw) -> GenConfig:
@@ -244,10 +255,13 @@ class _Gen:
             # a 2 MiB frame, a slot's worth); a range between two random slots of 400 would cover
             # a third of the guest every time, so it is kept, but rare
             # (and the guest is 1 GiB pages: reclaim or DAMON aging a whole hugetlb page)
-            shape = self.src.weighted([(1, "to-edge"), (4, "pages"), (1, "empty"), (1, "one-byte"),
-                                       (4, "huge"), (2, "to-slot-edge"), (1, "gigantic")])
+            shapes = [(1, "to-edge"), (4, "pages"), (1, "empty"), (1, "one-byte"),
+                      (4, "huge"), (2, "to-slot-edge"), (1, "gigantic")]
         else:
-            shape = self.src.weighted([(4, "to-edge"), (3, "pages"), (1, "empty"), (1, "one-byte"), (1, "huge")])
+            shapes = [(4, "to-edge"), (3, "pages"), (1, "empty"), (1, "one-byte"), (1, "huge")]
+        if self.cfg.kernel_only:        # the mm never sends an empty range
+            shapes = [(w, k) for w, k in shapes if k != "empty"]
+        shape = self.src.weighted(shapes)
         if shape == "to-slot-edge":     # to an edge of the slot holding start, or of a neighbour
             home = [s for s in self.slots.values() if s.hva <= start < s.hva_end] or list(self.slots.values())
             s = self.src.choice(home) if home else None
@@ -268,7 +282,37 @@ class _Gen:
             end = start + HUGE
         if self.cfg.aligned_only:
             start, end = start - start % P, end + (-end) % P
-        return min(start, end), max(start, end)
+        start, end = min(start, end), max(start, end)
+        if self.cfg.kernel_only and start == end:     # e.g. "to-edge" back to the same edge
+            end = start + P
+        return start, end
+
+    def present_page(self, hva: int) -> int | None:
+        """The page-aligned hva of a present host page: hva's own page when a region maps it,
+        else a page of a random region (None: nothing is mapped yet).  Regions are never
+        unmapped (host-remap replaces pages inside an invalidation), so a region's pages are
+        the present ones."""
+        if any(r.hva <= hva < r.hva + r.size for r in self.regions):
+            return hva - hva % P
+        if not self.regions:
+            return None
+        r = self.src.choice(self.regions)
+        return r.hva + self.src.int(0, r.size // P - 1) * P
+
+    def kernel_aging(self, op: str) -> Event | None:
+        """An aging call as a running kernel makes it (kernel_only): the rmap walk (page_referenced,
+        page_idle, khugepaged, DAMON) ages a present pte at a page address, one pte
+        [page, page + 4K) or one pmd (the 2 MiB frame holding it) per call; a large-vm guest's
+        1 GiB hugetlb pages also as a whole 1 GiB aligned range.  Never an unmapped page."""
+        page = self.present_page(self.edge())
+        if page is None:
+            return None
+        if op == "test_young":
+            return TestYoung(page)
+        shapes = [(4, "pte"), (2, "pmd")] + ([(1, "pud")] if self.cfg.profile == "large-vm" else [])
+        size = {"pte": P, "pmd": HUGE, "pud": GIGANTIC}[self.src.weighted(shapes)]
+        start = page - page % size
+        return (ClearFlushYoung if op == "clear_flush_young" else ClearYoung)(start, start + size)
 
     def gfn_target(self) -> tuple[int, int]:
         if not self.slots:
@@ -346,7 +390,8 @@ class _Gen:
             hva_page = hva - hva % P
             pfn = self.next_pfn
             self.next_pfn += 1
-            wrapped = self.src.bool(0.7)
+            # kernel_only: always inside an invalidation of its page, as set_pte_at_notify runs
+            wrapped = True if self.cfg.kernel_only else self.src.bool(0.7)
             if wrapped:
                 self.events.append(InvalidateRangeStart(hva_page, hva_page + P, True))
             self.events.append(ChangePte(hva if not self.cfg.aligned_only else hva_page, pfn,
@@ -355,7 +400,11 @@ class _Gen:
                 self.events.append(InvalidateRangeEnd(hva_page, hva_page + P, True))
         elif kind == "age":
             op = self.src.choice(["clear_flush_young", "clear_young", "test_young"])
-            if op == "test_young":
+            if self.cfg.kernel_only:
+                ev = self.kernel_aging(op)
+                if ev is not None:
+                    self.events.append(ev)
+            elif op == "test_young":
                 self.events.append(TestYoung(self.edge() if not self.cfg.aligned_only else self.hva_range()[0]))
             else:
                 start, end = self.hva_range()
