@@ -39,9 +39,10 @@ class WouldSleep(Exception):
     """An atomic (one-task) run reached a wait that only another task could end."""
 
 
-@dataclass
+@dataclass(slots=True)
 class State:
-    """Normalized copy of what the oracles need from a model at one instant."""
+    """Normalized copy of what the oracles need from a model at one instant.  (Slots: two are
+    made per event.)"""
     slots: list[Memslot]
     leaves: dict[tuple[int, int, int], Leaf]
     tlb: frozenset
@@ -501,4 +502,4 @@ class Kvm:
         if type(self).snapshot is not Kvm.snapshot:
             return self.snapshot()
         return State(self.memslots.all(), self.leaves, self.tlb.entries, self.address_space_num,
-                     self.mmu_notifier_count, self.mmu_notifier_seq, self.tlbs_dirty, self.page_shift)
+                     self.mmu_notifier_count, self.mmu_notifier_seq, self.tlbs_dirty, self.page_shift, {})

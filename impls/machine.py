@@ -187,7 +187,11 @@ class Memslots:
             return []
 
         def build():
-            order = self.in_as(as_id)
+            order = self._view(("as", as_id), lambda: sorted(self._by_as[as_id].values(),
+                                                             key=lambda s: (-s.base_gfn, s.id)))
+            if len(order) <= 16:
+                # few slots: a scan of (hva_start, hva_end, slot) in array order is cheaper
+                return [(s.hva_start, s.hva_end, s) for s in order], None, None, None
             pos = {s.id: i for i, s in enumerate(order)}
             by_start = sorted((s for s in order if s.npages), key=lambda s: (s.hva_start, pos[s.id]))
             reach, top = [], -1
@@ -196,6 +200,8 @@ class Memslots:
                 reach.append(top)
             return [s.hva_start for s in by_start], reach, by_start, pos
         starts, reach, by_start, pos = self._view(("hit", as_id), build)
+        if reach is None:
+            return [s for hs, he, s in starts if hs < end and start < he and hs < he]
         k = bisect_left(starts, end)
         j = bisect_right(reach, start, 0, k)
         hits = [s for s in by_start[j:k] if s.hva_end > start]

@@ -54,25 +54,46 @@ class Flush:
         return d
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Observation:
-    """Everything one model did for one event.  (Slots: one is made per event and side.)"""
+    """Everything one model did for one event.  (Slots: one is made per event and side; the
+    __init__ is written out, as the generated one with eight default factories took twice as
+    long.  Every list defaults to a new empty one, as before.)"""
     op: str
-    calls: list[HandlerCall] = field(default_factory=list)
-    zapped: list[Leaf] = field(default_factory=list)      # leaves removed (state before removal)
-    aged: list[Leaf] = field(default_factory=list)        # leaves whose young bit was cleared
-    changed: list[tuple[Leaf, Leaf]] = field(default_factory=list)  # (before, after) in place
-    installed: list[Leaf] = field(default_factory=list)   # leaves created
-    flushes: list[Flush] = field(default_factory=list)
-    young: int | None = None                              # age / test_age result
-    lock_taken: bool = False
-    warnings: list[str] = field(default_factory=list)
-    error: str | None = None                              # errno name for a refused update
-    note: str = ""                                        # e.g. "fault retried"
-    crashed: str | None = None                            # a candidate model raised
+    calls: list[HandlerCall]
+    zapped: list[Leaf]                      # leaves removed (state before removal)
+    aged: list[Leaf]                        # leaves whose young bit was cleared
+    changed: list[tuple[Leaf, Leaf]]        # (before, after) in place
+    installed: list[Leaf]                   # leaves created
+    flushes: list[Flush]
+    young: int | None                       # age / test_age result
+    lock_taken: bool
+    warnings: list[str]
+    error: str | None                       # errno name for a refused update
+    note: str                               # e.g. "fault retried"
+    crashed: str | None                     # a candidate model raised
     # what the machine itself saw go wrong in task mode, as (class, shape, detail): a fault that
     # installs inside an open invalidation, a guest using a zapped translation while unflushed
-    violations: list[tuple[str, str, str]] = field(default_factory=list)
+    violations: list[tuple[str, str, str]]
+
+    def __init__(self, op: str, calls=None, zapped=None, aged=None, changed=None, installed=None,
+                 flushes=None, young: int | None = None, lock_taken: bool = False, warnings=None,
+                 error: str | None = None, note: str = "", crashed: str | None = None,
+                 violations=None) -> None:
+        self.op = op
+        self.calls = [] if calls is None else calls
+        self.zapped = [] if zapped is None else zapped
+        self.aged = [] if aged is None else aged
+        self.changed = [] if changed is None else changed
+        self.installed = [] if installed is None else installed
+        self.flushes = [] if flushes is None else flushes
+        self.young = young
+        self.lock_taken = lock_taken
+        self.warnings = [] if warnings is None else warnings
+        self.error = error
+        self.note = note
+        self.crashed = crashed
+        self.violations = [] if violations is None else violations
 
     def to_json(self) -> dict:
         d: dict = {"op": self.op}

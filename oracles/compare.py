@@ -64,12 +64,6 @@ class Divergence:
     # the other does not), so one side alone showing what both versions are known to do is that
     # known behaviour, not a change (oracles.triage.mark_known)
     sides_differ: bool = False
-    # how it relates to another divergence `root` of its trace, at event `root_event`
-    # (fuzz/rootcause.py): "knock-on", "same-event", "inherited", "contrast" (docs/REPORT.md);
-    # "" for a root cause or not analysed
-    cause: str = ""
-    root: str = ""
-    root_event: int = -1
 
     @property
     def signature(self) -> str:
@@ -210,6 +204,15 @@ def check_side(ev: Event, exp: Expectation | None, side: SideResult,
     for f in out[instant:]:
         f.needs = MEMSLOTS if f.cls in MEMSLOT_CHECKS else STATE
     return out
+
+
+def nothing_to_check(obs: Observation, mmu_notifier_count: int) -> bool:
+    """check_side finds nothing, whatever the states, for an event without an expectation
+    (not a notifier event) whose observation has no crash, warning, violation, installed or
+    changed leaf, on a model whose mmu_notifier_count is not negative: the runner then skips
+    the call (and the states it would read)."""
+    return not (obs.crashed or obs.warnings or obs.violations or obs.installed or obs.changed
+                or mmu_notifier_count < 0)
 
 
 def reference_checks(ev: Event, exp: Expectation, side: SideResult) -> list[Finding]:

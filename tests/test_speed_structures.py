@@ -31,7 +31,7 @@ def plain_walk(ms: Memslots, as_id: int, start: int, end: int) -> list:
 def test_in_as_hitting_is_the_plain_walk_filtered():
     rng = random.Random(10)
     for _ in range(300):
-        ms = random_memslots(rng, rng.randrange(0, 40))
+        ms = random_memslots(rng, rng.randrange(0, 90))
         for _ in range(20):
             start = rng.randrange(0, 140 << 12) + rng.choice([0, 0, 1, 4095])
             end = start + rng.choice([0, 1, 4096, 4097, 3 << 12, 64 << 12, -1])
