@@ -224,7 +224,13 @@ def attribute(d: Divergence, arch: str, old: runner.Side, new: runner.Side,
     if d.known and is_candidate(base) and not is_candidate(side_name):
         # a known flaw of the base that the candidate does not show here only because its own
         # new divergence at this event covers it (an over-zap makes a flush look needed)
-        own = next((x for x in here_divs if not x.known and x.wrong_side in (other_pos, "both")), None)
+        own = None
+        for x in here_divs:
+            if not x.known and x.wrong_side in (other_pos, "both"):
+                x.trace = events            # what the candidate shows here, itself attributed:
+                if not attribute(x, arch, old, new, known).known:      # an inherited one is not its own
+                    own = x
+                    break
         if own is not None:
             d.cause, d.root, d.root_event = "contrast", own.signature, d.event_index
         return d

@@ -155,3 +155,31 @@ def test_a_run_reports_a_fix_as_fixing_and_a_bug_as_one_root(tmp_path, capsys, a
         others = [d for d in doc["divergences"] if not d["known"] and d is not roots[0]]
         assert others and all(d["root"] == roots[0]["signature"] for d in others)
         assert last.startswith("verdict: 1 NEW root cause and ") and " from it, not on the known list" in last
+
+
+def test_show_names_the_relation_and_a_fix_exits_0(tmp_path, capsys):
+    from language.trace import dumps
+    (tmp_path / "cand.py").write_text(MIPS_FIX_FILE)
+    (tmp_path / "t.json").write_text(dumps(MIPS_TRACE))
+    rc = run_cli("show", tmp_path / "t.json", "--arch", "mips", "--old", "v5.13",
+                 "--new", f"{tmp_path / 'cand.py'}:MipsEndFix")
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "** spurious-flush [new wrong, known, inherited] nothing-changed" in out
+    assert "inherited from v5.13" in out
+    # the explanation is wrapped, never cut
+    assert "(source: v5.12 arch/mips/kvm/mmu.c kvm_unmap_hva_range; v5.13 arch/mips/kvm/mmu.c" in " ".join(out.split())
+
+
+def test_the_summary_table_counts_per_pair(tmp_path):
+    import io
+    from fuzz.reports import summary
+    d = {"class": "spurious-flush", "arch": "mips", "old": "v5.13", "new": "c.py:C", "wrong_side": "new",
+         "known": False, "cause": "", "root": "", "needs": []}
+    echo = dict(d, **{"class": "over-invalidation", "cause": "same-event", "root": "x"})
+    doc = {"divergences": [d, echo, dict(d, wrong_side="old", known=True)]}
+    buf = io.StringIO()
+    summary._overview(doc["divergences"], buf)
+    head, row = buf.getvalue().splitlines()
+    assert head.split() == ["total", "NEW", "old", "wrong", "new", "wrong", "both", "echoes", "kernel-legal"]
+    assert row.split() == ["mips", "v5.13..c.py:C", "3", "2", "1", "2", "0", "1", "3"]

@@ -244,6 +244,24 @@ def _kernel_sentence(d: dict) -> str:
     return "only with what the mm never sends: " + ", ".join(d["needs"])
 
 
+def _overview(divs: list[dict], out: TextIO) -> None:
+    """A table, one row per architecture and version pair: how many divergences, NEW ones, which
+    side they blame (old, new, both), how many echo another (knock-on, same-event) and how many
+    a running kernel can reach."""
+    groups: dict[tuple[str, str, str], list[dict]] = {}
+    for d in divs:
+        groups.setdefault((d["arch"], d["old"], d["new"]), []).append(d)
+    rows = [("", "total", "NEW", "old wrong", "new wrong", "both", "echoes", "kernel-legal")]
+    for (arch, old, new), ds in groups.items():
+        rows.append((f"{arch} {old}..{new}", str(len(ds)), str(sum(not d["known"] for d in ds)),
+                     *(str(sum(d["wrong_side"] == s for d in ds)) for s in ("old", "new", "both")),
+                     str(sum(d.get("cause") in ("knock-on", "same-event") for d in ds)),
+                     str(sum(d.get("needs") == [] for d in ds))))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  " + r[0].ljust(widths[0]) + "".join(f"  {c:>{w}s}" for c, w in zip(r[1:], widths[1:])), file=out)
+
+
 def _collapsed(divs: list[dict], out: TextIO) -> None:
     """Per architecture and version pair: what one version does that the other does not, then
     what both do, one line per class (count, ops and shapes, how many a running kernel reaches)."""
@@ -298,6 +316,11 @@ def print_summary(doc: dict, out: TextIO, verbose: bool = False, files: bool = F
             base = d["old"] if d["wrong_side"] == "old" else d["new"]
             print(_wrap(f"{d['class']} at {d['op']} ({d['shape']}) of {base}", " " * 4, "  - "), file=out)
     known = [d for d in divs if d["known"]]
+    if divs:
+        print(file=out)
+        print("per architecture and version pair (old/new wrong: what one version does and the other "
+              "does not):", file=out)
+        _overview(divs, out)
     if known and not verbose:
         print(file=out)
         print("known, by what differs between the versions (one side wrong) and what both share", file=out)

@@ -9,6 +9,7 @@ names, candidate specs or fuzz.runner.Side objects.
 """
 from __future__ import annotations
 
+import textwrap
 from html import escape
 from typing import TextIO
 
@@ -22,6 +23,7 @@ from fuzz.reports.picture import html_page, svg_from_detail
 from fuzz.runner import Side
 from language.trace import MAIN_TASK, event_to_json
 
+WIDTH = 100
 RED, YELLOW, BOLD, RESET = "\x1b[31m", "\x1b[33m", "\x1b[1m", "\x1b[0m"
 
 
@@ -116,10 +118,17 @@ def print_timeline(events, res, arch: str, old, new, out: TextIO, color: bool | 
                 else:
                     r = ("; a running kernel can send this trace" if not needs
                          else "; aligned, but only with " + ", ".join(needs))
+            if d.cause:
+                status += f", {d.cause}" + (f" of event {d.root_event}" if d.cause == "knock-on" else "")
             print(c(YELLOW if d.known else RED,
                     f"        ** {d.cls} [{d.wrong_side} wrong, {status}] {d.shape}: {d.detail}{r}"), file=out)
+            if d.cause and d.root and not d.known:
+                print(textwrap.fill(f"follows from {d.root.replace('|', ' ')} at event {d.root_event}", WIDTH,
+                                    initial_indent=" " * 11, subsequent_indent=" " * 11), file=out)
             if d.known and d.explanation:
-                print(f"           {d.explanation.splitlines()[0][:160]}", file=out)
+                print(textwrap.fill(" ".join(d.explanation.split()), WIDTH, initial_indent=" " * 11,
+                                    subsequent_indent=" " * 11, break_long_words=False,
+                                    break_on_hyphens=False), file=out)
     for text in run_order_lines(res):
         print(text, file=out)
     if not res.divergences:
