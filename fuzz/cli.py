@@ -513,7 +513,11 @@ def cmd_show(args) -> int:
     arch = arch or "x86-shadow"         # a plain trace names no arch
     check_well_formed(events, str(path))
     old, new = _side(arch, old, args.trace_timeout), _side(arch, new, args.trace_timeout)   # Sides: a candidate
-    res = run_trace(events, arch, old, new, load_known(), keep_observations=True)         # runs contained
+    known = load_known()
+    res = run_trace(events, arch, old, new, known, keep_observations=True)         # runs contained
+    for d in res.divergences:           # which is the root, which an echo, what a fix uncovers
+        d.trace = events
+        rootcause.attribute(d, arch, old, new, known)
     if args.html:
         output.write_text(args.html, timeline.show_html(events, res, arch, old, new, args.hva_scale), "--html")
         print(f"memslot-fuzz: wrote {args.html}", file=sys.stderr)
