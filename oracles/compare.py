@@ -64,6 +64,12 @@ class Divergence:
     # the other does not), so one side alone showing what both versions are known to do is that
     # known behaviour, not a change (oracles.triage.mark_known)
     sides_differ: bool = False
+    # how it relates to another divergence `root` of its trace, at event `root_event`
+    # (fuzz/rootcause.py): "knock-on", "same-event", "inherited", "contrast" (docs/REPORT.md);
+    # "" for a root cause or not analysed
+    cause: str = ""
+    root: str = ""
+    root_event: int = -1
 
     @property
     def signature(self) -> str:
