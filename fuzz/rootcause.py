@@ -208,19 +208,24 @@ def attribute(d: Divergence, arch: str, old: runner.Side, new: runner.Side,
                     d.explanation = (f"knock-on of a known divergence at event {i}, {_label(root)}: the "
                                      f"other version's code does the same from this side's state here. "
                                      f"{root.explanation}")
+            return d
+    if not d.known and d.cls in EFFECTS:
+        # the walker handed the wrong gfns at this very event: what was zapped, aged or flushed
+        # follows from that.  Read from the cross run, which lists every finding at this event
+        # (the trace's own run reports a signature only where it first shows)
+        for c, o, s, w in shown:
+            if c == "gfn-set-mismatch" and w in (wrong, "both"):
+                walker = Divergence(c, w, o, s, d.event_index, "", arch, old.name, new.name)
+                mark_known([walker], known)
+                if not walker.known:
+                    d.cause, d.root, d.root_event = "same-event", walker.signature, d.event_index
+                    return d
+    if not here.states_equal:
         return d
     # same state, one side wrong: this event's code differs
     side_name = new.name if wrong == "new" else old.name
     base = old.name if wrong == "new" else new.name
     here_divs = [x for x in res.divergences if x.event_index == d.event_index and x.signature != d.signature]
-    if not d.known and d.cls in EFFECTS:
-        # the walker handed the wrong gfns at this very event: what was zapped, aged or flushed
-        # follows from that
-        walker = next((x for x in here_divs if x.cls == "gfn-set-mismatch" and not x.known
-                       and x.wrong_side in (wrong, "both")), None)
-        if walker is not None:
-            d.cause, d.root, d.root_event = "same-event", walker.signature, d.event_index
-            return d
     if d.known and is_candidate(base) and not is_candidate(side_name):
         # a known flaw of the base that the candidate does not show here only because its own
         # new divergence at this event covers it (an over-zap makes a flush look needed)

@@ -183,3 +183,24 @@ def test_the_summary_table_counts_per_pair(tmp_path):
     head, row = buf.getvalue().splitlines()
     assert head.split() == ["total", "NEW", "old", "wrong", "new", "wrong", "both", "echoes", "kernel-legal"]
     assert row.split() == ["mips", "v5.13..c.py:C", "3", "2", "1", "2", "0", "1", "3"]
+
+
+def test_a_flush_after_wrong_gfns_later_in_the_trace_follows_from_them():
+    # x86 TDP, one gfn too many: at event 8 slot 2's range [0x401,0x403) reaches gfn 0x402 of
+    # slot 3 and zaps it (the root).  At event 10, with 0x402 already gone on the candidate's
+    # side, the candidate's [0x1000,0x1200) for slot 1 covers a whole 2 MiB table, which it zaps
+    # and flushes for although no leaf changes; v5.13's code from that same state does not.  The
+    # trace reports the gfn-set-mismatch signature only at event 8, but event 10 has its own
+    from test_candidates import off_by_one
+    ev = [host(HVA, 512, 0x10000, writable=False), slot(0, 1, 0x1000, 0x200, HVA), slot(0, 2, 0x200, 0x202, HVA),
+          slot(0, 3, 0x402, 0x200, HVA), *fault(0, 0x119d), *fault(0, 0x402),
+          InvalidateRangeStart(HVA + 0x201001, HVA + 0x201002),
+          InvalidateRangeStart(HVA + 0x1000, HVA + 0x1de000, False),
+          InvalidateRangeStart(HVA + 1, HVA + 0x1ff000)]
+    from impls.x86_tdp import X86TdpV5_13
+    old, new = Side("v5.13", X86TdpV5_13), Side("patch.py:OffByOne", off_by_one("x86-tdp"))
+    ds = attributed(ev, "x86-tdp", old, new)
+    root = ds[("gfn-set-mismatch", "new", "one-gfn-past-end")]
+    assert root.event_index == 8 and root.cause == ""
+    flush = ds[("spurious-flush", "new", "nothing-changed")]
+    assert (flush.event_index, flush.cause, flush.root) == (10, "same-event", root.signature)
