@@ -14,7 +14,7 @@ from impls.tasks import SchedulerStop
 from fuzz.runner_tasks import needs_task_mode, run_trace_tasks
 from impls.machine import HostPte
 from impls.observation import Observation
-from oracles.compare import Divergence, SideResult, compare_event, nothing_to_check
+from oracles.compare import EXPECTATION_OPS, Divergence, SideResult, compare_event, nothing_to_check
 from oracles.reference import expect, same_memslots, trace_contexts
 from oracles.triage import KnownEntry, mark_known
 
@@ -156,28 +156,30 @@ def run_trace(events: list[Event], arch: str, old: Side, new: Side, known: list[
     # a model with its own snapshot() may report other counts than its attributes: always compared
     plain = type(m_old).snapshot is Kvm.snapshot and type(m_new).snapshot is Kvm.snapshot
     for i, ev in enumerate(events):
-        # The oracles read the state before an event only for a notifier event (expect() is
-        # None for the others, and check_side reads `pre` only through the expectation): only
-        # then is a copy taken, before the event runs.  The state after an event is read by
-        # compare_event before the next event starts, so it is the models' own state, uncopied
-        # (Kvm.view).  Both are what snapshots taken at those instants would hold.
-        notifier = notifier_range(ev) is not None
+        # The oracles read the state before an event only for a notifier event whose checks
+        # use an expectation (EXPECTATION_OPS; check_side reads `pre` only through them).  The
+        # expectation is computed before the event runs, from the models' own state (Kvm.view:
+        # nothing runs meanwhile); what it keeps of leaves, and what the checks read of the
+        # pre-event state (Kvm.shallow_snapshot), are fields no event changes in place.  The
+        # state after an event is read by compare_event before the next event starts, so it is
+        # the models' own state, uncopied.  All are what snapshots taken then would hold.
+        notifier = ev.op in EXPECTATION_OPS and notifier_range(ev) is not None
         if notifier:
-            pre_o, pre_n = m_old.snapshot(), m_new.snapshot()
+            view_o, view_n = m_old.view(), m_new.view()
+            exp_o = expect(ev, view_o)
+            # the reference's gfns depend only on the memslots: shared when both sides have the
+            # same ones (always, unless one side crashed earlier and stopped)
+            exp_n = expect(ev, view_n, exp_o if same_memslots(view_o, view_n) else None)
+            pre_o, pre_n = m_old.shallow_snapshot(), m_new.shallow_snapshot()
         obs_o = apply_event(m_old, ev) if not dead_old else Observation(ev.op)
         obs_n = apply_event(m_new, ev) if not dead_new else Observation(ev.op)
         res.events += 1
         if keep_observations:
             res.observations.append((obs_o, obs_n))
-        if notifier:
-            exp_o = expect(ev, pre_o)
-            # the reference's gfns depend only on the memslots: shared when both sides have the
-            # same ones (always, unless one side crashed earlier and stopped)
-            exp_n = expect(ev, pre_n, exp_o if same_memslots(pre_o, pre_n) else None)
-        elif (plain and nothing_to_check(obs_o, m_old.mmu_notifier_count)
-              and nothing_to_check(obs_n, m_new.mmu_notifier_count)):
-            continue          # compare_event would find nothing on either side
-        else:
+        if not notifier:
+            if (plain and nothing_to_check(obs_o, m_old.mmu_notifier_count)
+                    and nothing_to_check(obs_n, m_new.mmu_notifier_count)):
+                continue          # compare_event would find nothing on either side
             pre_o = pre_n = exp_o = exp_n = None
         divs = compare_event(i, ev, exp_o, SideResult(pre_o, m_old.view(), obs_o, m_old.host),
                              exp_n, SideResult(pre_n, m_new.view(), obs_n, m_new.host), contexts[i])

@@ -488,6 +488,18 @@ class Kvm:
         self.snapshot_extra(state.extra)
         return state
 
+    def shallow_snapshot(self) -> State:
+        """snapshot() without copying each leaf: the leaf dict and the TLB set are copied, the
+        Leaf objects are this model's own.  Exact afterwards for which leaves there were and
+        for their keys, gfns, pages and hvas, not for what an event changes in place (young,
+        dirty, pfn, writable): the runner's pre-event state, of which the checks read only
+        those.  A subclass that overrides snapshot() itself gets snapshot()."""
+        if type(self).snapshot is not Kvm.snapshot:
+            return self.snapshot()
+        return State(self.memslots.all(), dict(self.leaves), frozenset(self.tlb.entries),
+                     self.address_space_num, self.mmu_notifier_count, self.mmu_notifier_seq,
+                     self.tlbs_dirty, self.page_shift, {})
+
     def snapshot_extra(self, extra: dict) -> None:
         """Model bookkeeping a subclass adds to its snapshots for reports (no oracle reads it)."""
 

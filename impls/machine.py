@@ -117,12 +117,18 @@ class SlotList(list):
         `start` (output-sensitive: no walk over slots wholly before or after the range)."""
         if self._hva is None:
             by_start = sorted((s for s in self if s.npages), key=lambda s: (s.hva_start, s.as_id, s.id))
-            reach, top = [], -1
-            for s in by_start:
-                top = max(top, s.hva_end)
-                reach.append(top)
-            self._hva = ([s.hva_start for s in by_start], reach, by_start)
+            if len(by_start) <= 16:
+                # few slots: a scan of (hva_start, hva_end, slot) is cheaper than the index
+                self._hva = ([(s.hva_start, s.hva_end, s) for s in by_start], None, None)
+            else:
+                reach, top = [], -1
+                for s in by_start:
+                    top = max(top, s.hva_end)
+                    reach.append(top)
+                self._hva = ([s.hva_start for s in by_start], reach, by_start)
         starts, reach, by_start = self._hva
+        if reach is None:
+            return [s for hs, he, s in starts if hs < end and start < he]
         k = bisect_left(starts, end)
         j = bisect_right(reach, start, 0, k)
         return [s for s in by_start[j:k] if s.hva_end > start]
