@@ -75,6 +75,16 @@ def is_echo(d: dict, new_signatures: set[str]) -> bool:
     return d.get("cause") in ("knock-on", "same-event") and d.get("root", "") in new_signatures
 
 
+def top_root(d: dict, divs: list[dict]) -> dict:
+    """Follow an echo's root links (an echo of an echo) to the divergence they start from."""
+    by_sig = {x["signature"]: x for x in divs}
+    seen = set()
+    while d.get("cause") in ("knock-on", "same-event") and d.get("root") in by_sig and d["signature"] not in seen:
+        seen.add(d["signature"])
+        d = by_sig[d["root"]]
+    return d
+
+
 def new_roots(divs: list[dict]) -> list[dict]:
     """The NEW divergences that are not echoes of another NEW one (fuzz/rootcause.py)."""
     fresh = {d["signature"] for d in divs if not d["known"]}
@@ -302,7 +312,7 @@ def print_summary(doc: dict, out: TextIO, verbose: bool = False, files: bool = F
         for i, d in enumerate(roots, 1):
             _new_block(i, d, out)
             for e in divs:
-                if is_echo(e, fresh) and e["root"] == d["signature"]:
+                if is_echo(e, fresh) and top_root(e, divs) is d:
                     why = ("the other version's code does the same from this side's state"
                            if e["cause"] == "knock-on" else "follows from the wrong gfns at that event")
                     print(_wrap(f"{e['class']} at {e['op']} ({e['shape']}, {e['wrong_side']} wrong, event "
