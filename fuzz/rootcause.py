@@ -30,6 +30,11 @@ the names of classes:
   unconditional flush look needed).  Never counted as a fix.
 
 Everything else, a divergence at the event where the candidate's own code differs, is a root.
+
+Cost: one pass over the trace per divergence (both models advanced together, their states
+compared after each event, then four model copies at the event), so an unminimized trace of
+thousands of events costs what running it twice does.  The deletion search for inheritance
+runs only on traces of at most MAX_EVIDENCE_EVENTS events (a minimized trace is a handful).
 Task-mode traces (several tasks, or versions that need them) are left as they are: a state at
 an event there depends on the schedule.
 """
@@ -51,6 +56,7 @@ from language.wellformed import well_formed
 # what a handler did with the gfns it was handed (a wrong gfn set at the same event explains them)
 EFFECTS = ("missed-invalidation", "over-invalidation", "wrong-young", "spurious-flush", "missed-flush")
 MAX_DELETED_UNITS = 2          # how many earlier events (or pairs) the inheritance evidence may drop
+MAX_EVIDENCE_EVENTS = 60       # longer traces (unminimized, --profile large-vm) get no deletion search
 
 
 @dataclass
@@ -60,6 +66,7 @@ class CrossRun:
     states_equal: bool
     from_old_state: list[tuple[str, str, str, str]]    # (cls, op, shape, wrong_side), old code at "old"
     from_new_state: list[tuple[str, str, str, str]]
+    first_difference: int | None = None    # the event after which the states first differed
 
 
 def _same(a, b) -> bool:
@@ -68,13 +75,17 @@ def _same(a, b) -> bool:
             and a.mmu_notifier_count == b.mmu_notifier_count and a.tlbs_dirty == b.tlbs_dirty)
 
 
-def _advance(side_cls: type, events: list[Event], j: int):
-    m = side_cls()
-    for ev in events[:j]:
-        obs = runner.apply_event(m, ev)
-        if obs.crashed:
-            return None
-    return m
+def _advance_both(old_cls: type, new_cls: type, events: list[Event], j: int):
+    """Both models through events[:j], in one pass, and the first event after which their
+    states differ (None: equal all the way); (None, None, None) if a side crashed."""
+    m_old, m_new = old_cls(), new_cls()
+    first = None
+    for i, ev in enumerate(events[:j]):
+        if runner.apply_event(m_old, ev).crashed or runner.apply_event(m_new, ev).crashed:
+            return None, None, None
+        if first is None and not _same(m_old.snapshot(), m_new.snapshot()):
+            first = i
+    return m_old, m_new, first
 
 
 def _as(model, cls: type):
@@ -103,13 +114,13 @@ def cross_run(events: list[Event], j: int, old_cls: type, new_cls: type) -> Cros
     probe_old, probe_new = old_cls(), new_cls()
     if set(vars(probe_old)) != set(vars(probe_new)):
         return None
-    m_old, m_new = _advance(old_cls, events, j), _advance(new_cls, events, j)
-    if m_old is None or m_new is None:
+    m_old, m_new, first = _advance_both(old_cls, new_cls, events, j)
+    if m_old is None:
         return None
     context = trace_contexts(events)[j]
     equal = _same(m_old.snapshot(), m_new.snapshot())
     return CrossRun(equal, _both_codes_from(m_old, old_cls, new_cls, events, j, context),
-                    _both_codes_from(m_new, old_cls, new_cls, events, j, context))
+                    _both_codes_from(m_new, old_cls, new_cls, events, j, context), first)
 
 
 def _cross(events: list[Event], j: int, old: runner.Side, new: runner.Side) -> CrossRun | None:
@@ -117,15 +128,6 @@ def _cross(events: list[Event], j: int, old: runner.Side, new: runner.Side) -> C
         from fuzz.contain import cross_run_contained
         return cross_run_contained(events, j, old, new)
     return cross_run(events, j, old.cls, new.cls)
-
-
-def _first_state_difference(events: list[Event], j: int, old: runner.Side, new: runner.Side) -> int | None:
-    """The event after which the two sides' states first differ (None: equal up to j)."""
-    for i in range(j):
-        c = _cross(events, i + 1, old, new)
-        if c is not None and not c.states_equal:
-            return i
-    return None
 
 
 def _units(events: list[Event], j: int) -> list[list[int]]:
@@ -149,6 +151,8 @@ def _inheritance_evidence(d: Divergence, old: runner.Side, new: runner.Side,
                           known: list[KnownEntry]) -> list[int] | None:
     """Earlier events whose deletion lets base and candidate both show d at its event."""
     events, j = d.trace, d.event_index
+    if len(events) > MAX_EVIDENCE_EVENTS:
+        return None
     units = _units(events, j)
     tries = [[u] for u in units] + [[u, v] for a, u in enumerate(units) for v in units[a + 1:]]
     for drop in tries:
@@ -196,7 +200,7 @@ def attribute(d: Divergence, arch: str, old: runner.Side, new: runner.Side,
     other_pos = "old" if wrong == "new" else "new"
     if not here.states_equal:
         if any((c, o, s) == (d.cls, d.op, d.shape) and w in (other_pos, "both") for c, o, s, w in shown):
-            i = _first_state_difference(events, d.event_index, old, new)
+            i = here.first_difference
             roots = [x for x in res.divergences if i is not None and x.event_index == i]
             root = next((x for x in roots if x.wrong_side in (wrong, "both")), roots[0] if roots else None)
             d.cause = "knock-on"
