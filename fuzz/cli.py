@@ -451,7 +451,8 @@ def cmd_replay(args) -> int:
             print(f"FAIL {e}")
             continue
         try:
-            got = run_trace(entry.events, entry.arch, *sides, known).divergences
+            got = rootcause.explain_untriaged(run_trace(entry.events, entry.arch, *sides, known).divergences,
+                                              entry.events, entry.arch, *sides, known)
         except (CandidateError, ModelLoadError) as e:     # a candidate's class is looked up in its worker
             bad += 1
             unusable.append(f"{path}: {e}")

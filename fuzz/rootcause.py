@@ -274,3 +274,15 @@ def fixes(divergences: list[Divergence]) -> list[Divergence]:
         if cand is not None and d.known and is_candidate(cand):
             out.append(d)
     return out
+
+
+def explain_untriaged(divergences: list[Divergence], events: list[Event], arch: str, old: runner.Side,
+                      new: runner.Side, known: list[KnownEntry]) -> list[Divergence]:
+    """Attribute the divergences of `events` that the known list leaves NEW (a knock-on of a
+    known root, an inherited one, is then known), as run, show and replay all do; returns them."""
+    for d in divergences:
+        if not d.known:
+            d.trace = events
+            attribute(d, arch, old, new, known)
+    return divergences
+
