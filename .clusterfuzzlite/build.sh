@@ -5,7 +5,7 @@
 # docs/DISTRIBUTED.md for running these steps without Docker.
 cd "$SRC/memslot-fuzz"
 
-# the models, oracles and fuzz/ packages and their dependencies (hypothesis, intervaltree);
+# the trace language, models, oracles and fuzz/ packages and their dependencies (hypothesis, greenlet);
 # atheris comes with the base image
 pip3 install .
 
@@ -17,7 +17,7 @@ for arch in $ARCHES; do
   # registry.py imports the arch modules by name and triage reads oracles/known/*.toml:
   # PyInstaller sees neither, so name them
   compile_python_fuzzer "$SRC/$name.py" \
-    --collect-submodules impls --collect-submodules oracles --collect-submodules fuzz \
+    --collect-submodules language --collect-submodules impls --collect-submodules oracles --collect-submodules fuzz \
     --collect-data oracles
   # seeds: the KVM-selftest scenarios and this arch's minimized regression traces (JSON
   # traces, which the target decodes as themselves)

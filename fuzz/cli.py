@@ -331,6 +331,10 @@ def check_run_options(args) -> None:
                          "hypothesis's choice buffer is far smaller than a large-vm trace's choices")
     if args.max_events is None:
         args.max_events = profile_config(args.profile).max_events
+    if args.engine == "exhaustive" and (args.kernel_only or args.aligned_only):
+        raise UsageError(f"--{'kernel' if args.kernel_only else 'aligned'}-only: not with --engine exhaustive, "
+                         "which enumerates every range of its small layouts (unaligned and empty ones "
+                         "included) rather than generating them")
     if args.max_traces is not None and args.engine != "random":
         raise UsageError(f"--max-traces: only with --engine random (not {args.engine}): "
                          "the other engines' budgets are time or coverage based")

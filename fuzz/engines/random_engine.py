@@ -32,6 +32,7 @@ from fuzz.engines.generate import GenConfig, RandomSource, generate
 from fuzz.minimize import minimize
 from fuzz.runner import Side, run_trace
 from language.trace import repro_prefix, Event, TraceError
+from language.wellformed import well_formed
 
 
 @dataclass
@@ -111,6 +112,8 @@ def already_saved(d: Divergence, job: Job, known: list[KnownEntry]) -> Divergenc
         entry = corpus.load(path)
     except TraceError:
         return None
+    if getattr(job.gen, "kernel_only", False) and not well_formed(entry.events, strict=True):
+        return None     # an earlier run's trace breaks a rule this run keeps: minimize this one
     out = reproduce(entry.events, job, known, d.signature)
     if out is not None:
         out.trace = entry.events

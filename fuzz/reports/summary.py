@@ -47,7 +47,8 @@ def build(results, seed: int, seconds: float, pictures: bool = True, reach: bool
         runs.append({"arch": j.arch, "old": j.old.name, "new": j.new.name, "engine": getattr(j, "engine", "random"),
                      "seed": j.seed, "events": res.events, "traces": res.traces,
                      "seconds": round(res.seconds, 3), "interrupted": res.interrupted,
-                     "aligned_only": bool(getattr(getattr(j, "gen", None), "aligned_only", False))})
+                     "aligned_only": bool(getattr(getattr(j, "gen", None), "aligned_only", False)),
+                     "kernel_only": bool(getattr(getattr(j, "gen", None), "kernel_only", False))})
         for d in res.divergences:
             saved = res.saved.get(d.signature)
             r, needs = reach_and_needs(d.trace, j.arch, j.old, j.new, [], d.signature) if reach else (None, None)
@@ -102,7 +103,8 @@ class ReportError(ValueError):
 
 _STR, _INT, _NUM, _BOOL = str, int, (int, float), bool
 RUN_FIELDS = {"arch": _STR, "old": _STR, "new": _STR, "engine": _STR, "seed": _INT, "events": _INT,
-              "traces": _INT, "seconds": _NUM, "interrupted": _BOOL, "aligned_only": _BOOL}
+              "traces": _INT, "seconds": _NUM, "interrupted": _BOOL, "aligned_only": _BOOL,
+              "kernel_only": _BOOL}
 DIV_FIELDS = {"class": _STR, "arch": _STR, "old": _STR, "new": _STR, "wrong_side": _STR,
               "known": _BOOL, "explanation": _STR, "signature": _STR, "op": _STR, "shape": _STR,
               "event_index": _INT, "detail": _STR, "trace": dict, "saved": (_STR, type(None)),
@@ -139,7 +141,7 @@ def validate_report(doc, source: str = "report") -> None:
     if doc["schema"] != REPORT_SCHEMA:
         raise ReportError(f"{source}: field schema: expected {REPORT_SCHEMA!r}, got {doc['schema']!r}")
     for i, r in enumerate(doc["runs"]):
-        _fields(r, RUN_FIELDS, f"{source}: runs[{i}]")
+        _fields(r, {k: v for k, v in RUN_FIELDS.items() if k != "kernel_only" or k in r}, f"{source}: runs[{i}]")
     order = []
     for i, d in enumerate(doc["divergences"]):
         where = f"{source}: divergences[{i}]"
@@ -366,7 +368,8 @@ def print_summary(doc: dict, out: TextIO, verbose: bool = False, files: bool = F
     for r in doc["runs"]:
         print(f"{r['arch']:13s} {r['old']}..{r['new']}: {_plural(r['events'], 'event')} in "
               f"{_plural(r['traces'], 'trace')}, {r['seconds']:.1f}s" + (" (interrupted)" if r["interrupted"] else "")
-              + (" (aligned ranges only)" if r.get("aligned_only") else ""), file=out)
+              + (" (only what a running kernel sends)" if r.get("kernel_only")
+                 else " (aligned ranges only)" if r.get("aligned_only") else ""), file=out)
     print(f"total: {t['events']} events, {t['events_per_second']:.0f} events/s, {t['seconds']:.1f}s; "
           f"{t['divergences']} distinct divergences, {t['new_divergences']} new"
           + (f", {t['unaligned_only']} only with unaligned ranges" if t.get("unaligned_only") else "")
