@@ -105,9 +105,10 @@ def test_a_worker_that_raises_or_cannot_send_its_result_is_reported():
 
 def test_the_losses_are_said_on_stderr(capsys):
     run = run_pool(1, 2, lambda t, report: 1 / t, on_result=lambda t, r: None)
-    parallel.say_losses("mips", run, "layout")
+    parallel.say_losses("mips", run, "layout {}".format)
     err = capsys.readouterr().err
     assert "memslot-fuzz: mips: worker 0 lost layout 0: raised: ZeroDivisionError" in err
+    assert "Traceback" in err and "lost layout 1" not in err
 
 
 def test_the_deadline_stops_the_pool_and_cuts_what_still_runs():
@@ -228,3 +229,20 @@ def test_both_engines_go_through_the_pool(tmp_path, monkeypatch):
     assert stats.complete and divs
     # the exhaustive engine has no pool of its own any more
     assert "multiprocessing" not in Path(exhaustive.__file__).read_text()
+
+
+def test_a_random_engine_worker_that_dies_costs_only_its_seed(tmp_path, monkeypatch, capsys):
+    real = parallel.run_job
+
+    def second_dies(job, known, progress=None, seen=None):
+        if job.seed != 1:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real(job, known, progress, seen)
+    monkeypatch.setattr(parallel, "run_job", second_dies)     # the forked workers inherit it
+    old, new = (Side(v, registry.resolve("mips", v)) for v in ("v5.12", "v5.13"))
+    job = Job("mips", old, new, 60, 1, tmp_path / "out", max_traces=6, minimize_attempts=20)
+    merged = parallel.run_parallel(job, 2, load_known(), quiet=True)
+    assert merged.traces == 3 and merged.job is job               # worker 0's half arrived
+    err = capsys.readouterr().err
+    assert f"worker 1 lost its run (seed {1 + parallel.SEED_STRIDE}): died: killed by SIGKILL" in err
+    assert "1 of 2 workers ended without a result" in err

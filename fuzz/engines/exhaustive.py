@@ -507,7 +507,8 @@ def run_exhaustive(arch: str, old_side: Side, new_side: Side, known: list[KnownE
             run = parallel.run_pool(jobs, len(lays), work, on_result=lambda i, lr: absorb(lays[i], lr),
                                     deadline=deadline)
             stats.interrupted |= run.interrupted
-            parallel.say_losses(f"exhaustive {arch}", run, "layout")
+            parallel.say_losses(f"exhaustive {arch}", run, lambda i: f"layout {i} ({lays[i].describe()}), "
+                                "not counted as checked")
     except KeyboardInterrupt:          # SIGINT or SIGTERM (fuzz.lifetime.Interrupted)
         stats.interrupted = True
     stats.seconds = time.monotonic() - start

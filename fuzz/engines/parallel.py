@@ -375,11 +375,11 @@ def run_pool(jobs: int, tasks: int | Iterable[int], work: Work, *,
     return run
 
 
-def say_losses(label: str, run: PoolRun, noun: str = "task") -> None:
+def say_losses(label: str, run: PoolRun, name: Callable[[int], str] = "task {}".format) -> None:
     """One line on stderr per task a worker lost to something other than the deadline or a
-    stop signal (with the worker's traceback when it raised)."""
+    stop signal (with the worker's traceback when it raised); name(task) says what it was."""
     for x in run.failures():
-        print(f"memslot-fuzz: {label}: worker {x.worker} lost {noun} {x.task}: {x.kind}: {x.why}",
+        print(f"memslot-fuzz: {label}: worker {x.worker} lost {name(x.task)}: {x.kind}: {x.why}",
               file=sys.stderr, flush=True)
         if x.detail:
             print(x.detail.rstrip(), file=sys.stderr, flush=True)
@@ -451,7 +451,7 @@ def _run_parallel(job: Job, jobs: int, known: list[KnownEntry], quiet: bool, cla
     run = run_pool(jobs, jobs, work, on_result=collected.__setitem__, on_progress=on_progress,
                    on_idle=on_idle, prefetch=1, restarts=0)
     merged = JobResult(job, stopped_by="", interrupted=run.interrupted)
-    say_losses(job.arch, run, "seed")
+    say_losses(job.arch, run, lambda k: f"its run (seed {subs[k].seed})")
     if len(collected) < jobs and not run.interrupted:
         print(f"memslot-fuzz: {job.arch}: {jobs - len(collected)} of {jobs} workers ended without a "
               "result (see above); what they saved is on disk, their counts are missing",
