@@ -20,6 +20,7 @@ PAGE_SIZE = 1 << PAGE_SHIFT
 # architectures map their block sizes onto the same numbers (arm64 PMD = 2, PUD = 3).
 LEVEL_4K, LEVEL_2M, LEVEL_1G = 1, 2, 3
 LEVEL_PAGE_SIZE = {LEVEL_4K: 4096, LEVEL_2M: 2 << 20, LEVEL_1G: 1 << 30}
+LEVEL_OF_PAGE_SIZE = {v: k for k, v in LEVEL_PAGE_SIZE.items()}
 
 
 def pages_per_level(level: int, page_shift: int = PAGE_SHIFT) -> int:
@@ -470,7 +471,7 @@ class HostPageTable:
         """Map [hva, hva+size) to consecutive pfns from `pfn` with backing page size
         `page_size`, or unmap it when pfn is None.  Huge backing needs hva, size and pfn
         aligned to the page size, as a THP or hugetlbfs mapping would be."""
-        level = {v: k for k, v in LEVEL_PAGE_SIZE.items()}.get(page_size)
+        level = LEVEL_OF_PAGE_SIZE.get(page_size)
         if level is None:
             raise ValueError(f"host page size {page_size:#x} is not 4K, 2M or 1G")
         mask = page_size - 1

@@ -121,6 +121,11 @@ def covers_page(ranges, hva: int, page: int = 4096) -> bool:
     return any(s <= first and first + page <= e for s, e in ranges)
 
 
+_CONTEXT_BASES = (InvalidateRangeStart, InvalidateRangeEnd, ChangePte, FaultBegin, FaultCommit)
+_CONTEXT_TYPES = frozenset(_CONTEXT_BASES)
+_OTHER_TYPES: set[type] = set()      # event types seen that are none of those (nor subclasses)
+
+
 def trace_contexts(events: list[Event]) -> list[frozenset[str]]:
     """Per event, what the trace did before it that a shape should name.
 
@@ -131,8 +136,18 @@ def trace_contexts(events: list[Event]) -> list[frozenset[str]]:
     open_ranges: list[tuple[int, int]] = []
     in_flight: set[int] = set()
     tagged: set[int] = set()
+    none: frozenset[str] = frozenset()
     for ev in events:
-        tags: frozenset[str] = frozenset()
+        tags = none
+        t = type(ev)
+        if t not in _CONTEXT_TYPES:
+            if t in _OTHER_TYPES:
+                out.append(tags)
+                continue              # none of the five types below: nothing to note
+            if not issubclass(t, _CONTEXT_BASES):
+                _OTHER_TYPES.add(t)
+                out.append(tags)
+                continue
         if isinstance(ev, InvalidateRangeStart):
             open_ranges.append((ev.start, ev.end))
         elif isinstance(ev, InvalidateRangeEnd) and (ev.start, ev.end) in open_ranges:
