@@ -96,3 +96,47 @@ def test_tdp_present_by_level_is_present_at_per_level():
             got = m.present_by_level(root)
             assert got == {lv: m.present_at(root, lv) for lv in range(4, 0, -1)}
     assert m.leaves and len({k[2] for k in m.leaves}) > 1
+
+
+def recursive_walk_ptes(m, root, start, end):
+    # the walk as nested generators, as x86_tdp.walk_ptes was written before issue 10
+    import bisect
+    if start >= end:
+        return
+    index = {lv: m.present_at(root, lv) for lv in range(4, 0, -1)}
+
+    def level_walk(level, lo, hi):
+        n = m.span(level)
+        gfns = index[level]
+        i = bisect.bisect_left(gfns, max(lo, start - start % n))
+        while i < len(gfns) and gfns[i] < min(hi, end):
+            g = gfns[i]
+            i += 1
+            if m.spte_kind(root, level, g) is None:
+                continue
+            yield level, g
+            if level > 1 and m.spte_kind(root, level, g) == "table":
+                yield from level_walk(level - 1, g, g + n)
+
+    yield from level_walk(4, 0, m.span(5))
+
+
+def test_tdp_walk_ptes_is_the_recursive_walk():
+    cls = registry.resolve("x86-tdp", "v5.12")
+    rng = random.Random(4)
+    for trial in range(20):
+        m = cls()
+        m.memslots.set_user_memory_region(0, 0, 0, 0, 4 << 30, 1 << 30)
+        m.host_map(1 << 30, 2 << 30, 1 << 18, 1 << 30, True)
+        m.host_map(3 << 30, 1 << 30, 3 << 18, 2 << 20, True)
+        m.host_map(4 << 30, 1 << 30, 4 << 18, 4096, True)
+        for i in range(40):
+            m.begin("fault_begin")
+            m.fault_begin(i, 0, rng.randrange(0, 1 << 20), False)
+            m.begin("fault_commit")
+            m.fault_commit(i)
+        root = m.roots[0]
+        for _ in range(30):
+            s = rng.randrange(0, 1 << 20)
+            e = s + rng.choice([1, 7, 512, 5000, 1 << 18, 1 << 20])
+            assert list(m.walk_ptes(root, s, e)) == list(recursive_walk_ptes(m, root, s, e))
