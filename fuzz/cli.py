@@ -379,12 +379,21 @@ def run_with_atheris(job: Job, args, known) -> JobResult:
     res = JobResult(job, events=run.events, traces=run.execs, seconds=run.seconds,
                     interrupted=run.interrupted)
     # everything this run met, whether this run or an earlier one saved it (run.paths lists both)
+    # and the known ones the target left unminimized, minimized here on the arch's minimization
+    # budget (the fuzzing loop's time is fuzzing, as with the random engine)
     with lifetime.deferred():
-        for d, path in atheris_engine.load_results(run.paths, known, run.signatures):
+        t0 = time.monotonic()
+        budget = job.minimize_budget if job.minimize_budget is not None else job.max_time
+        met = (atheris_engine.load_results(run.paths, known, run.signatures)
+               + atheris_engine.finish_pending(run, job, known, budget))
+        for d, path in met:
             d = rootcause.attribute(d, job.arch, job.old, job.new, known)
             if d.signature not in res.saved:
                 res.saved[d.signature] = path
                 res.divergences.append(d)
+        res.minimize_seconds = time.monotonic() - t0
+    res.fuzz_seconds = run.seconds
+    res.seconds = run.seconds + res.minimize_seconds
     res.interrupted |= lifetime.stop_signal() is not None
     return res
 

@@ -182,7 +182,17 @@ def test_atheris_run_finds_off_by_one_and_saves_it(tmp_path, monkeypatch):
         new = [d for d in got if not d.known]
         assert new and all(d.wrong_side == "new" for d in new)
         assert sorted(d.signature for d in got) == sorted(entry.expect)
-    assert any((tmp_path / "fuzz-corpus").iterdir())   # libFuzzer kept its corpus
+    assert not list(tmp_path.glob("crash-*")) and not list(tmp_path.glob("fuzz-*.log"))
+
+
+def test_atheris_keeps_its_corpus_between_runs(tmp_path, monkeypatch):
+    # our own versions against each other: nothing NEW ends the run, so libFuzzer adds the
+    # inputs that reach new coverage to the writable corpus directory, which outlives the run
+    monkeypatch.chdir(tmp_path)
+    run = run_atheris_stats("mips", "v5.12", "v5.13", 300, tmp_path / "out", tmp_path / "fuzz-corpus", 1,
+                            ["-seed=1"], runs=300)
+    assert run.returncodes == [0] and run.execs >= 300
+    assert any((tmp_path / "fuzz-corpus").iterdir())
     assert not list(tmp_path.glob("crash-*")) and not list(tmp_path.glob("fuzz-*.log"))
 
 
@@ -209,3 +219,40 @@ def test_prune_keeps_one_of_identical_inputs(tmp_path):
 def test_ci_mode_rejects_bad_arguments(args, message):
     with pytest.raises(CiError, match=message.replace("(", r"\(")):
         ci_mode(*args)
+
+
+def test_the_decode_cache_returns_what_decoding_returns():
+    # the mutator records each mutant it encodes; the target's decode of those bytes must be
+    # exactly what parsing them gives, for mutations and regenerated traces alike
+    from fuzz.engines import atheris_engine
+    cfg = GenConfig(address_space_num=2, x86_shadow_paging=True)
+    rng = random.Random(3)
+    data = b"\x01\x02\x03" * 40
+    for i in range(200):
+        out = mutate(data, 65536, rng.randrange(1 << 30), cfg)
+        cached = decode(out, cfg)
+        atheris_engine._DECODED.clear()
+        assert decode(out, cfg) == cached
+        data = out if rng.random() < 0.7 else data
+    # another configuration object never reads this one's entries
+    assert decode(out, GenConfig(address_space_num=2, x86_shadow_paging=True)) == cached
+
+
+def test_known_divergences_are_left_to_the_launcher_and_minimized_there(tmp_path, monkeypatch):
+    from fuzz.engines.atheris_engine import finish_pending
+    from fuzz.engines.random_engine import Job
+    monkeypatch.chdir(tmp_path)
+    run = run_atheris_stats("mips", "v5.12", "v5.13", 300, tmp_path / "out", None, 1, ["-seed=1"],
+                            runs=400, save_known=True, minimize_seconds=0.0)
+    assert run.pending, "no known divergence met in 400 runs"
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("*.json"))   # none saved in the loop
+    sigs = [s for _, s in run.pending]
+    assert len(sigs) == len(set(sigs))          # one per signature
+    arch = "mips"
+    job = Job(arch, Side("v5.12", registry.resolve(arch, "v5.12")), Side("v5.13", registry.resolve(arch, "v5.13")),
+              0.0, 0, tmp_path / "out", minimize_seconds=2.0)
+    met = finish_pending(run, job, load_known(), budget=60.0)
+    assert {d.signature for d, _ in met} == set(sigs)
+    for d, path in met:
+        entry = corpus.load(path)
+        assert d.signature in entry.expect and len(entry.events) <= len(next(e for e, s in run.pending if s == d.signature))

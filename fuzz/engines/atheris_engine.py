@@ -27,7 +27,8 @@ for -jobs/-workers/-fork/-minimize_crash) is configured by environment variables
     MEMSLOT_FUZZ_SAVE_KNOWN        1: also save the first trace of each known signature (no crash)
     MEMSLOT_FUZZ_SKIP_SAVED        1: a new signature already saved under OUT is not a crash again
     MEMSLOT_FUZZ_MANIFEST          append "path<TAB>signature" per saved divergence to this file
-    MEMSLOT_FUZZ_INSTRUMENT        imports (default) | all | none: coverage instrumentation
+    MEMSLOT_FUZZ_INSTRUMENT        models (default) | imports | all | none: coverage instrumentation
+                                   (INSTRUMENT_PACKAGES, INSTRUMENT_EXCLUDE)
     MEMSLOT_FUZZ_MUTATOR           1 (default): the trace-level custom mutator; 0: libFuzzer's own
 
 `run_atheris` launches the target with libFuzzer flags and returns the divergence files it
@@ -43,6 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Mapping
@@ -90,15 +92,38 @@ def json_trace(data: bytes, strict: bool = False) -> list[Event] | None:
     return events
 
 
+# Decoded inputs, per configuration object: in the target the mutator decodes each input it
+# mutates and the target then decodes the mutant, and libFuzzer picks the same corpus inputs
+# again and again; parsing a JSON trace and checking it cost more than running it.  Events are
+# frozen, and every caller gets a list of its own.
+DECODE_CACHE = 4096
+_DECODED: OrderedDict = OrderedDict()       # (bytes, id(cfg)) -> (cfg, tuple of events)
+
+
+def remember(data: bytes, cfg: GenConfig, events: list[Event]) -> None:
+    """Record what decode(data, cfg) returns (the caller knows it: the mutator encoded it)."""
+    _DECODED[(data, id(cfg))] = (cfg, tuple(events))
+    if len(_DECODED) > DECODE_CACHE:
+        _DECODED.popitem(last=False)
+
+
 def decode(data: bytes, cfg: GenConfig | None = None) -> list[Event]:
     """Bytes to a well-formed trace: a JSON trace as itself, anything else via the generator.
     With cfg.kernel_only a JSON trace that breaks an allowance (a corpus seed, or a mutant:
-    fuzz.engines.mutator checks only the rules) is not itself: its bytes drive the generator."""
-    cfg = cfg or GenConfig()
-    events = json_trace(data, strict=cfg.kernel_only)
-    if events is not None:
-        return events
-    return generate(BytesSource(data), cfg)
+    fuzz.engines.mutator checks only the rules) is not itself: its bytes drive the generator.
+    Remembered per cfg object (DECODE_CACHE inputs)."""
+    if cfg is not None:
+        hit = _DECODED.get((data, id(cfg)))
+        if hit is not None and hit[0] is cfg:
+            _DECODED.move_to_end((data, id(cfg)))
+            return list(hit[1])
+    use = cfg or GenConfig()
+    events = json_trace(data, strict=use.kernel_only)
+    if events is None:
+        events = generate(BytesSource(data), use)
+    if cfg is not None:
+        remember(data, cfg, events)
+    return events
 
 
 def encode(events: list[Event]) -> bytes:
@@ -148,6 +173,21 @@ def _env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
     raise TargetConfigError(f"environment {name}={raw!r}: expected 0 or 1")
 
 
+# coverage instrumentation of the target, by what it instruments: the packages whose branches
+# are kernel behaviour (models) and verdicts (oracles); every package of ours, the harness
+# (decoder, generator, mutator, runner) included; everything loaded; nothing
+INSTRUMENT_PACKAGES = {"models": ["impls", "oracles"], "imports": ["language", "impls", "oracles", "fuzz"]}
+# what "models" leaves out: data structures and bookkeeping, whose branches say how a lookup
+# or a record went, not what a version of the kernel did (the host page table and memslot
+# index, the primitives every model shares in impls/kvm.py, observations, the task scheduler,
+# gfn sets, the reference's expectations, the known-list matcher).  Left in: the generic layer
+# of each version (impls/kvm_main_*), the arch handlers, and the comparison's classes and
+# shapes, whose new branches are new kinds of divergence
+INSTRUMENT_EXCLUDE = {"models": ["impls.machine", "impls.kvm", "impls.observation", "impls.tasks",
+                                 "impls.registry", "oracles.gfnset", "oracles.reference", "oracles.triage"]}
+INSTRUMENT_MODES = ("models", "imports", "all", "none")
+
+
 @dataclass
 class TargetConfig:
     arch: str = "x86-shadow"
@@ -160,9 +200,10 @@ class TargetConfig:
     save_known: bool = False
     skip_saved: bool = False
     manifest: Path | None = None
-    instrument: str = "imports"
+    instrument: str = "models"
     mutator: bool = True
     kernel_only: bool = False
+    pending_dir: Path | None = None     # known divergences go here unminimized (the launcher minimizes)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, argv0: str = "") -> "TargetConfig":
@@ -174,11 +215,12 @@ class TargetConfig:
         stem = Path(argv0).name.removesuffix(".pkg").removesuffix(".py")
         if not arch and stem.startswith("memslot_") and stem != "memslot_fuzz":
             arch = stem[len("memslot_"):].replace("_", "-")
-        instrument = env.get("MEMSLOT_FUZZ_INSTRUMENT", "") or "imports"
-        if instrument not in ("imports", "all", "none"):
+        instrument = env.get("MEMSLOT_FUZZ_INSTRUMENT", "") or "models"
+        if instrument not in INSTRUMENT_MODES:
             raise TargetConfigError(f"environment MEMSLOT_FUZZ_INSTRUMENT={instrument!r}: "
-                                    "expected imports, all or none")
+                                    f"expected {', '.join(INSTRUMENT_MODES)}")
         manifest = env.get("MEMSLOT_FUZZ_MANIFEST", "")
+        pending = env.get("MEMSLOT_FUZZ_PENDING", "")
         return cls(arch=arch or "x86-shadow",
                    old=env.get("MEMSLOT_FUZZ_OLD", "") or "v5.12",
                    new=env.get("MEMSLOT_FUZZ_NEW", "") or "v5.13",
@@ -191,7 +233,8 @@ class TargetConfig:
                    manifest=Path(manifest) if manifest else None,
                    instrument=instrument,
                    mutator=_env_bool(env, "MEMSLOT_FUZZ_MUTATOR", True),
-                   kernel_only=_env_bool(env, "MEMSLOT_FUZZ_KERNEL_ONLY", False))
+                   kernel_only=_env_bool(env, "MEMSLOT_FUZZ_KERNEL_ONLY", False),
+                   pending_dir=Path(pending) if pending else None)
 
     def to_env(self) -> dict[str, str]:
         env = {"MEMSLOT_FUZZ_ARCH": self.arch, "MEMSLOT_FUZZ_OLD": self.old,
@@ -206,6 +249,8 @@ class TargetConfig:
                "MEMSLOT_FUZZ_KERNEL_ONLY": str(int(self.kernel_only))}
         if self.manifest:
             env["MEMSLOT_FUZZ_MANIFEST"] = str(self.manifest)
+        if self.pending_dir:
+            env["MEMSLOT_FUZZ_PENDING"] = str(self.pending_dir)
         return env
 
     def gen_config(self, address_space_num: int) -> GenConfig:
@@ -243,6 +288,8 @@ class AtherisRun:
     corpus_size: int = 0            # inputs in libFuzzer's corpus, last status line
     seconds: float = 0.0
     launches: int = 0
+    # known divergences met, unminimized (save_known): (events up to the diverging one, signature)
+    pending: list[tuple[list[Event], str]] = field(default_factory=list)
     interrupted: bool = False
     returncodes: list[int] = field(default_factory=list)
     log_tail: list[str] = field(default_factory=list)    # last lines of libFuzzer output
@@ -283,7 +330,8 @@ def run_atheris_stats(arch: str, old: str, new: str, max_time: float, out_dir: P
                       max_events: int = 40, aligned_only: bool = False,
                       minimize_seconds: float = 5.0, save_known: bool = False,
                       runs: int | None = None, progress: Progress | None = None,
-                      max_len: int = 65536, kernel_only: bool = False) -> AtherisRun:
+                      max_len: int = 65536, kernel_only: bool = False,
+                      instrument: str = "models") -> AtherisRun:
     """Fuzz (arch, old, new) with atheris for max_time seconds (or `runs` executions).
 
     corpus_dir: libFuzzer's writable corpus (created; kept between runs; None: a temporary
@@ -303,8 +351,11 @@ def run_atheris_stats(arch: str, old: str, new: str, max_time: float, out_dir: P
     with tempfile.TemporaryDirectory(prefix="memslot-atheris-") as work:
         work_p = Path(work)
         manifest = work_p / "manifest.tsv"
+        pending = work_p / "pending"
+        pending.mkdir()
         cfg = TargetConfig(arch, old, new, out_dir.resolve(), max_events, aligned_only,
-                           minimize_seconds, save_known, True, manifest, kernel_only=kernel_only)
+                           minimize_seconds, save_known, True, manifest, kernel_only=kernel_only,
+                           pending_dir=pending.resolve() if save_known else None, instrument=instrument)
         env = target_env(cfg)
         writable = Path(corpus_dir) if corpus_dir is not None else work_p / "corpus"
         writable.mkdir(parents=True, exist_ok=True)
@@ -330,8 +381,26 @@ def run_atheris_stats(arch: str, old: str, new: str, max_time: float, out_dir: P
                 break      # clean end, bad config, or a mode where libFuzzer keeps going itself
             if len(_read_manifest(manifest)) == 0:
                 break      # a crash that is not a divergence (the target's own bug): stop
+        res.pending = _read_pending(pending, res)
     res.seconds = time.monotonic() - started
     return res
+
+
+def _read_pending(pending: Path, res: AtherisRun) -> list[tuple[list[Event], str]]:
+    """The known divergences the target met and left for the launcher, in the order it met
+    them, without those this run saved anyway (a NEW one is minimized in the target)."""
+    from fuzz import corpus
+    saved = set(res.signatures.values())
+    out = []
+    for p in sorted(pending.glob("*.json"), key=lambda q: q.stat().st_mtime_ns):
+        try:
+            entry = corpus.load(p)
+        except TraceError:
+            continue
+        sig = entry.note.rpartition(": ")[2]
+        if sig and sig not in saved:
+            out.append((entry.events, sig))
+    return out
 
 
 def _collect(manifest: Path, res: AtherisRun) -> None:
@@ -432,6 +501,34 @@ def run_atheris(arch: str, old: str, new: str, max_time: float, out_dir: Path,
     return run_atheris_stats(arch, old, new, max_time, out_dir, corpus_dir, jobs, extra_args).paths
 
 
+def finish_pending(run: AtherisRun, job, known, budget: float) -> list[tuple[object, Path]]:
+    """Minimize and save the known divergences the target left unminimized, on the launcher's
+    own clock: each at most job.minimize_seconds, all together at most `budget` seconds (then
+    saved as found), as the random engine does; a file already saved for a signature is kept.
+    Returns (Divergence, file) like load_results."""
+    from fuzz import corpus
+    from fuzz.engines.random_engine import minimized, reproduce, save_divergence
+    out = []
+    spent = 0.0
+    for events, sig in run.pending:
+        path = corpus.path_for(job.out_dir, job.arch, sig)
+        if path.is_file():
+            out += load_results([path], known, {path: sig})
+            continue
+        d = reproduce(events, job, known, sig)
+        if d is None:
+            continue
+        t0 = time.monotonic()
+        left = min(job.minimize_seconds, budget - spent)
+        if left > 0:
+            d = minimized(events, job, known, d, left)
+        else:
+            d.trace = events
+        spent += time.monotonic() - t0
+        out.append((d, save_divergence(d, job, known)))
+    return out
+
+
 def load_results(paths: list[Path], known, signatures: Mapping[Path, str] | None = None
                  ) -> list[tuple[object, Path]]:
     """(Divergence, file) for each saved file, as the report wants them: each file's trace is
@@ -457,5 +554,5 @@ def load_results(paths: list[Path], known, signatures: Mapping[Path, str] | None
 
 
 __all__ = ["BytesSource", "decode", "encode", "json_trace", "TargetConfig", "TargetConfigError",
-           "run_atheris", "run_atheris_stats", "AtherisRun", "load_results", "saved_signatures",
+           "run_atheris", "run_atheris_stats", "AtherisRun", "load_results", "finish_pending", "saved_signatures",
            "target_env", "console_progress", "SCHEMA"]

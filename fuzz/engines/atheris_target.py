@@ -41,13 +41,16 @@ def _instrument_candidate(cls) -> None:
 
 
 def _setup():
-    # Instrument first: every module of the trace language, models, oracles and fuzz/ must be imported for the
-    # first time inside instrument_imports, or it is not instrumented.
-    instrument = os.environ.get("MEMSLOT_FUZZ_INSTRUMENT", "") or "imports"
+    # Instrument first: a module must be imported for the first time inside instrument_imports,
+    # or it is not instrumented ("imports": every package of ours; "models": impls and oracles
+    # only, which fuzz.engines.atheris_engine does not import).
+    instrument = os.environ.get("MEMSLOT_FUZZ_INSTRUMENT", "") or "models"
     if instrument == "imports":
         with contextlib.redirect_stderr(io.StringIO()):       # "INFO: Instrumenting <module>"
             with atheris.instrument_imports(include=["language", "impls", "oracles", "fuzz"]):
                 import fuzz.engines.atheris_engine  # noqa: F401
+    elif instrument == "models":                              # the harness stays uninstrumented
+        import fuzz.engines.atheris_engine  # noqa: F401
     from fuzz.engines.atheris_engine import TargetConfig, TargetConfigError
     try:
         cfg = TargetConfig.from_env(argv0=sys.argv[0])
@@ -66,16 +69,18 @@ def _setup():
         new = Side(cfg.new, registry.resolve(cfg.arch, cfg.new))
         return old, new, triage.load_known()
 
+    from fuzz.engines.atheris_engine import INSTRUMENT_EXCLUDE, INSTRUMENT_PACKAGES
     try:
-        if cfg.instrument == "imports":
+        if cfg.instrument in INSTRUMENT_PACKAGES:
             with contextlib.redirect_stderr(io.StringIO()):
-                with atheris.instrument_imports(include=["language", "impls", "oracles", "fuzz"]):
+                with atheris.instrument_imports(include=INSTRUMENT_PACKAGES[cfg.instrument],
+                                                exclude=INSTRUMENT_EXCLUDE.get(cfg.instrument, [])):
                     old, new, known = load()
         else:
             old, new, known = load()
         for side in (old, new):
             side.make()                       # a constructor that raises is a config error
-            if cfg.instrument == "imports":
+            if cfg.instrument in INSTRUMENT_PACKAGES:
                 _instrument_candidate(side.cls)
         if cfg.instrument == "all":
             atheris.instrument_all()
@@ -89,6 +94,7 @@ def main() -> None:
     cfg, old, new, known = _setup()
     from fuzz import corpus, lifetime
     from fuzz.engines.atheris_engine import decode
+    from fuzz.publish import publish_new
     # never outlive the launcher, nor (fork mode) the libFuzzer process that started this one
     lifetime.die_with_parent(PARENT)
     lifetime.watch_lifeline()
@@ -105,6 +111,13 @@ def main() -> None:
         """The one file for d's signature, saved now (True) or found saved already by an
         earlier run or another fork-mode worker (False); in the manifest either way, so the
         run reports everything it met."""
+        if d.known and cfg.pending_dir is not None:
+            # a known one: left unminimized for the launcher, which minimizes on its own clock,
+            # so the fuzzing loop's time is fuzzing (one file per signature, first one wins)
+            entry = corpus.CorpusEntry(cfg.arch, cfg.old, cfg.new, [d.signature], repro_prefix(events, d.event_index),
+                                       note=f"met by memslot-fuzz atheris: {d.signature}")
+            publish_new(cfg.pending_dir / corpus.signature_name(d.signature), entry.dumps())
+            return cfg.pending_dir, False
         path = corpus.path_for(cfg.out_dir, cfg.arch, d.signature)
         created = False
         if not path.is_file():

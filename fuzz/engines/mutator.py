@@ -11,6 +11,10 @@ one structural mutation chosen by `seed`, and re-encodes it as a JSON trace:
     alias      point a slot's userspace_addr at another slot's (or add a slot that does)
     split      one slot into two adjacent slots (same gfn and hva ranges in all)
 
+A quarter of the calls (REGENERATE) instead return a new trace from the random engine's
+generator (fuzz.engines.generate with the target's GenConfig): libFuzzer's coverage then keeps
+the ones that reach new code, so the engine sees at least the variety `run` does.
+
 The result is always well formed (language.wellformed.check_well_formed) and fits max_size, or the
 mutator falls back: to libFuzzer's own byte mutation when one is given and the input is raw
 bytes, else to the input unchanged.
@@ -21,14 +25,15 @@ import dataclasses
 import random
 from typing import Callable
 
-from fuzz.engines.atheris_engine import decode, encode, json_trace
-from fuzz.engines.generate import GenConfig
+from fuzz.engines.atheris_engine import decode, encode, json_trace, remember
+from fuzz.engines.generate import GenConfig, RandomSource, generate
 from language.wellformed import well_formed
 from language.trace import (ChangePte, ClearFlushYoung, ClearYoung, Event, FaultBegin, FaultCommit,
                     GuestAccess, InvalidateRangeEnd, InvalidateRangeStart, Release,
                     SetMemoryRegion, TestYoung, partner)
 
 P = 4096
+REGENERATE = 0.5       # the share of calls that return a freshly generated trace
 MUTATIONS = ("insert", "delete", "duplicate", "snap", "alias", "split")
 RANGE_TYPES = (InvalidateRangeStart, ClearFlushYoung, ClearYoung)
 
@@ -226,6 +231,14 @@ def mutate(data: bytes, max_size: int, seed: int, cfg: GenConfig | None = None,
     """libFuzzer custom mutator: a structurally mutated JSON trace of at most max_size bytes,
     well formed, or a fallback (see the module docstring)."""
     rng = random.Random(seed)
+    if cfg is not None and rng.random() < REGENERATE:
+        # a fresh trace from the random engine's generator: the diversity of `run` inside
+        # libFuzzer, whose coverage then keeps what reaches new code
+        fresh = generate(RandomSource(rng), cfg)
+        out = encode(fresh)
+        if len(out) <= max_size:
+            remember(out, cfg, fresh)       # generated traces pass every check decode makes
+            return out
     is_json = json_trace(data) is not None
     if byte_mutate is not None and not is_json and rng.random() < 0.5:
         return byte_mutate(data, max_size)      # keep the raw-bytes path explored too
@@ -235,6 +248,8 @@ def mutate(data: bytes, max_size: int, seed: int, cfg: GenConfig | None = None,
         if cand != events and well_formed(cand):
             out = encode(cand)
             if len(out) <= max_size:
+                if cfg is not None and not cfg.kernel_only:     # decode(out, cfg) is cand itself
+                    remember(out, cfg, cand)
                 return out
     if byte_mutate is not None and not is_json:
         return byte_mutate(data, max_size)

@@ -1,0 +1,94 @@
+#!/usr/bin/env python3
+"""Benchmark: the atheris engine inside the libFuzzer loop, against the random engine in the
+same time (issue 10, goal 2).  Prints one JSON object; figures depend on the machine and on
+what else runs, so every ratio is taken between figures measured in this same run, and nothing
+is asserted.
+
+    .venv/bin/python bench/atheris_speed.py [--seconds 30] [--arch x86-shadow ...] \
+        [--instrument imports all none]
+
+Per architecture (v5.12 vs v5.13, RISC-V v5.17 vs v6.19), alternately:
+* atheris, once per `--instrument` mode (fuzz.engines.atheris_engine.run_atheris_stats, one job,
+  warm-started from corpus/seeds as `run --engine atheris` is, known divergences left to the
+  launcher): the events the target ran and its own loop seconds (its stats lines: events since
+  the loop started, libFuzzer's corpus replay and the mutator included), traces, and the
+  distinct signatures met (saved or left for minimization);
+* the random engine for the same fuzzing seconds (fuzz.engines.random_engine.run_job, seed 1),
+  with minimization off (minimize_budget 0: a signature is saved as found), so both columns are
+  fuzzing only: events/s and distinct signatures.
+`ratio` is atheris events/s over random events/s; `found_vs_random` lists what random found
+that atheris did not, per mode.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from fuzz.engines.atheris_engine import INSTRUMENT_MODES, run_atheris_stats   # noqa: E402
+from fuzz.engines.generate import GenConfig                   # noqa: E402
+from fuzz.engines.random_engine import Job, run_job           # noqa: E402
+from fuzz.runner import Side                                   # noqa: E402
+from impls import registry                                     # noqa: E402
+from oracles.triage import load_known                          # noqa: E402
+
+
+def atheris_once(arch: str, old: str, new: str, seconds: float, instrument: str) -> dict:
+    with tempfile.TemporaryDirectory() as out:
+        t0 = time.process_time()
+        run = run_atheris_stats(arch, old, new, seconds, Path(out), seed_dirs=[ROOT / "corpus" / "seeds"],
+                                save_known=True, minimize_seconds=0.0, instrument=instrument)
+        sigs = set(run.signatures.values()) | {s for _, s in run.pending}
+        loop = run.events / run.events_per_second if run.events_per_second else 0.0
+        return {"events": run.events, "traces": run.execs, "wall_seconds": round(run.seconds, 2),
+                "loop_seconds": round(loop, 2), "events_per_second": round(run.events_per_second),
+                "launches": run.launches, "signatures": sorted(sigs),
+                "parent_cpu_seconds": round(time.process_time() - t0, 2)}
+
+
+def random_once(arch: str, old: str, new: str, seconds: float, known) -> dict:
+    o, n = Side(old, registry.resolve(arch, old)), Side(new, registry.resolve(arch, new))
+    with tempfile.TemporaryDirectory() as out:
+        job = Job(arch, o, n, seconds, 1, Path(out),
+                  GenConfig(address_space_num=o.cls.address_space_num, x86_shadow_paging=arch.startswith("x86")),
+                  minimize_seconds=0.0, minimize_budget=0.0)
+        res = run_job(job, known)
+        return {"events": res.events, "traces": res.traces, "fuzz_seconds": round(res.fuzz_seconds, 2),
+                "events_per_second": round(res.events / res.fuzz_seconds) if res.fuzz_seconds else 0,
+                "signatures": sorted({d.signature for d in res.divergences})}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=30.0)
+    ap.add_argument("--arch", nargs="*", default=None)
+    ap.add_argument("--instrument", nargs="*", default=["imports"], choices=list(INSTRUMENT_MODES))
+    args = ap.parse_args()
+    known = load_known()
+    out = {"seconds": args.seconds, "arches": {}}
+    for arch in args.arch or registry.implemented_arches():
+        old, new = registry.default_pair(arch)
+        row = {"versions": f"{old}..{new}", "random": random_once(arch, old, new, args.seconds, known)}
+        for mode in args.instrument:
+            a = atheris_once(arch, old, new, args.seconds, mode)
+            rnd = row["random"]
+            a["ratio"] = round(a["events_per_second"] / rnd["events_per_second"], 3) if rnd["events_per_second"] else None
+            a["found_vs_random"] = {"random_only": sorted(set(rnd["signatures"]) - set(a["signatures"])),
+                                    "atheris_only": len(set(a["signatures"]) - set(rnd["signatures"]))}
+            row[f"atheris_{mode}"] = a
+        for v in row.values():
+            if isinstance(v, dict) and "signatures" in v:
+                v["distinct"] = len(v.pop("signatures"))
+        out["arches"][arch] = row
+        print(json.dumps({arch: row}), file=sys.stderr, flush=True)
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
