@@ -67,10 +67,16 @@ class GfnSet:
         return GfnSet(self.spans() + other.spans())
 
     def __sub__(self, other: "GfnSet") -> "GfnSet":
-        # both sides are sorted, merged runs: one sweep per address space
-        out = []
+        # both sides are sorted, merged runs: one sweep per address space.  The pieces left of
+        # disjoint, non-adjacent runs are disjoint and non-adjacent (a cut or a gap of the
+        # original lies between any two), so the result is already in canonical form
+        runs_out: dict[int, tuple] = {}
         for a, runs in self._runs.items():
-            cut = other._runs.get(a, ())
+            cut = other._runs.get(a)
+            if not cut:
+                runs_out[a] = runs
+                continue
+            out = []
             k = 0
             for s, e in runs:
                 while k < len(cut) and cut[k][1] <= s:
@@ -79,12 +85,16 @@ class GfnSet:
                 while j < len(cut) and cut[j][0] < e:
                     cs, ce = cut[j]
                     if s < cs:
-                        out.append((a, s, cs))
+                        out.append((s, cs))
                     s = max(s, ce)
                     j += 1
                 if s < e:
-                    out.append((a, s, e))
-        return GfnSet(out)
+                    out.append((s, e))
+            if out:
+                runs_out[a] = tuple(out)
+        res = GfnSet.__new__(GfnSet)
+        res._runs = runs_out
+        return res
 
     def __and__(self, other: "GfnSet") -> "GfnSet":
         # one sweep per address space both have; pieces of disjoint, non-adjacent runs are

@@ -140,3 +140,18 @@ def test_tdp_walk_ptes_is_the_recursive_walk():
             s = rng.randrange(0, 1 << 20)
             e = s + rng.choice([1, 7, 512, 5000, 1 << 18, 1 << 20])
             assert list(m.walk_ptes(root, s, e)) == list(recursive_walk_ptes(m, root, s, e))
+
+
+def test_gfnset_operations_are_set_operations():
+    rng = random.Random(6)
+
+    def some():
+        return [(rng.randrange(3), s, s + rng.randrange(0, 9)) for s in
+                (rng.randrange(0, 40) for _ in range(rng.randrange(0, 6)))]
+    for _ in range(3000):
+        x, y = some(), some()
+        a, b = GfnSet(x), GfnSet(y)
+        for got, want in ((a - b, naive_gfns(x) - naive_gfns(y)), (a & b, naive_gfns(x) & naive_gfns(y)),
+                          (a | b, naive_gfns(x) | naive_gfns(y))):
+            assert got == GfnSet((g[0], g[1], g[1] + 1) for g in want)     # same canonical runs
+            assert list(got._runs) == sorted(got._runs)
