@@ -5,7 +5,7 @@ what else runs, so every ratio is taken between figures measured in this same ru
 is asserted.
 
     .venv/bin/python bench/atheris_speed.py [--seconds 30] [--arch x86-shadow ...] \
-        [--instrument imports all none]
+        [--instrument models imports all none]
 
 Per architecture (v5.12 vs v5.13, RISC-V v5.17 vs v6.19), alternately:
 * atheris, once per `--instrument` mode (fuzz.engines.atheris_engine.run_atheris_stats, one job,
@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from fuzz.engines.atheris_engine import INSTRUMENT_MODES, run_atheris_stats   # noqa: E402
+from fuzz.engines.atheris_engine import INSTRUMENT_MODES, TargetConfig, run_atheris_stats   # noqa: E402
 from fuzz.engines.generate import GenConfig                   # noqa: E402
 from fuzz.engines.random_engine import Job, run_job           # noqa: E402
 from fuzz.runner import Side                                   # noqa: E402
@@ -68,7 +68,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=30.0)
     ap.add_argument("--arch", nargs="*", default=None)
-    ap.add_argument("--instrument", nargs="*", default=["imports"], choices=list(INSTRUMENT_MODES))
+    # default: the engine's own default scope, so the bench measures what `run --engine atheris` runs
+    ap.add_argument("--instrument", nargs="*", default=[TargetConfig.instrument], choices=list(INSTRUMENT_MODES))
     args = ap.parse_args()
     known = load_known()
     out = {"seconds": args.seconds, "arches": {}}
