@@ -234,6 +234,17 @@ def repro_prefix(events: list[Event], index: int) -> list[Event]:
 
 
 # ----- JSON codec ------------------------------------------------------------------------
+_JSON_FIELDS: dict[type, tuple[tuple[str, bool], ...]] = {}    # class -> (field, written in hex)
+
+
+def _json_fields(cls: type) -> tuple[tuple[str, bool], ...]:
+    got = _JSON_FIELDS.get(cls)
+    if got is None:
+        got = _JSON_FIELDS[cls] = tuple((f.name, f.name in cls.hex_fields)
+                                        for f in fields(cls) if f.name != "task")
+    return got
+
+
 def event_to_json(ev: Event) -> dict:
     d: dict = {"op": ev.op}
     if isinstance(ev, Schedule):
@@ -242,11 +253,9 @@ def event_to_json(ev: Event) -> dict:
         if ev.pct is not None:
             d["pct"] = list(ev.pct)
     else:
-        for f in fields(ev):
-            v = getattr(ev, f.name)
-            if f.name == "task":
-                continue
-            d[f.name] = hex(v) if f.name in ev.hex_fields and isinstance(v, int) else v
+        for name, in_hex in _json_fields(type(ev)):
+            v = getattr(ev, name)
+            d[name] = hex(v) if in_hex and isinstance(v, int) else v
     if ev.task != MAIN_TASK:
         d["task"] = ev.task
     return d

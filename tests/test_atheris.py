@@ -238,6 +238,37 @@ def test_the_decode_cache_returns_what_decoding_returns():
     assert decode(out, GenConfig(address_space_num=2, x86_shadow_paging=True)) == cached
 
 
+def test_decoded_says_whether_the_bytes_were_read_as_a_json_trace():
+    # the mutator hands raw-bytes inputs (not JSON traces) to libFuzzer's byte mutation half
+    # the time; the flag must be the same from the cache as from parsing
+    from fuzz.engines import atheris_engine
+    from fuzz.engines.atheris_engine import decoded, encode
+    cfg = GenConfig(address_space_num=2, x86_shadow_paging=True)
+    raw = bytes(range(1, 200))
+    events, as_json = decoded(raw, cfg)
+    assert not as_json and events == generate(BytesSource(raw), cfg)
+    text = encode(events)
+    for _ in range(2):                          # parsed, then from the cache
+        got, as_json = decoded(text, cfg)
+        assert as_json and got == events
+    assert decoded(raw, cfg) == (events, False)
+    broken = text[:-3]                          # starts like JSON, is not a trace
+    atheris_engine._DECODED.clear()
+    assert decoded(broken, cfg) == (generate(BytesSource(broken), cfg), False)
+    # a raw-bytes input goes to the byte mutator about half the time, a JSON trace never
+    calls = []
+
+    def byte_mutate(data, max_size):
+        calls.append(data)
+        return data[::-1]
+    for seed in range(200):
+        mutate(text, 65536, seed, cfg, byte_mutate=byte_mutate)
+    assert calls == []
+    for seed in range(200):
+        mutate(raw, 65536, seed, cfg, byte_mutate=byte_mutate)
+    assert 20 < len(calls) < 80                 # half of the non-regenerating half
+
+
 def test_known_divergences_are_left_to_the_launcher_and_minimized_there(tmp_path, monkeypatch):
     from fuzz.engines.atheris_engine import finish_pending
     from fuzz.engines.random_engine import Job

@@ -97,14 +97,37 @@ def json_trace(data: bytes, strict: bool = False) -> list[Event] | None:
 # again and again; parsing a JSON trace and checking it cost more than running it.  Events are
 # frozen, and every caller gets a list of its own.
 DECODE_CACHE = 4096
-_DECODED: OrderedDict = OrderedDict()       # (bytes, id(cfg)) -> (cfg, tuple of events)
+_DECODED: OrderedDict = OrderedDict()       # (bytes, id(cfg)) -> (cfg, tuple of events, read as JSON)
 
 
 def remember(data: bytes, cfg: GenConfig, events: list[Event]) -> None:
-    """Record what decode(data, cfg) returns (the caller knows it: the mutator encoded it)."""
-    _DECODED[(data, id(cfg))] = (cfg, tuple(events))
+    """Record what decode(data, cfg) returns for `data`, a JSON trace of `events` (the caller
+    knows it: the mutator encoded it)."""
+    _remember(data, cfg, events, True)
+
+
+def _remember(data: bytes, cfg: GenConfig, events: list[Event], as_json: bool) -> None:
+    _DECODED[(data, id(cfg))] = (cfg, tuple(events), as_json)
     if len(_DECODED) > DECODE_CACHE:
         _DECODED.popitem(last=False)
+
+
+def decoded(data: bytes, cfg: GenConfig | None = None) -> tuple[list[Event], bool]:
+    """decode(data, cfg), and whether data was read as a JSON trace (True) or drove the
+    generator (False)."""
+    if cfg is not None:
+        hit = _DECODED.get((data, id(cfg)))
+        if hit is not None and hit[0] is cfg:
+            _DECODED.move_to_end((data, id(cfg)))
+            return list(hit[1]), hit[2]
+    use = cfg or GenConfig()
+    events = json_trace(data, strict=use.kernel_only)
+    as_json = events is not None
+    if events is None:
+        events = generate(BytesSource(data), use)
+    if cfg is not None:
+        _remember(data, cfg, events, as_json)
+    return events, as_json
 
 
 def decode(data: bytes, cfg: GenConfig | None = None) -> list[Event]:
@@ -112,18 +135,7 @@ def decode(data: bytes, cfg: GenConfig | None = None) -> list[Event]:
     With cfg.kernel_only a JSON trace that breaks an allowance (a corpus seed, or a mutant:
     fuzz.engines.mutator checks only the rules) is not itself: its bytes drive the generator.
     Remembered per cfg object (DECODE_CACHE inputs)."""
-    if cfg is not None:
-        hit = _DECODED.get((data, id(cfg)))
-        if hit is not None and hit[0] is cfg:
-            _DECODED.move_to_end((data, id(cfg)))
-            return list(hit[1])
-    use = cfg or GenConfig()
-    events = json_trace(data, strict=use.kernel_only)
-    if events is None:
-        events = generate(BytesSource(data), use)
-    if cfg is not None:
-        remember(data, cfg, events)
-    return events
+    return decoded(data, cfg)[0]
 
 
 def encode(events: list[Event]) -> bytes:

@@ -25,7 +25,7 @@ import dataclasses
 import random
 from typing import Callable
 
-from fuzz.engines.atheris_engine import decode, encode, json_trace, remember
+from fuzz.engines.atheris_engine import decoded, encode, remember
 from fuzz.engines.generate import GenConfig, RandomSource, generate
 from language.wellformed import well_formed
 from language.trace import (ChangePte, ClearFlushYoung, ClearYoung, Event, FaultBegin, FaultCommit,
@@ -239,10 +239,9 @@ def mutate(data: bytes, max_size: int, seed: int, cfg: GenConfig | None = None,
         if len(out) <= max_size:
             remember(out, cfg, fresh)       # generated traces pass every check decode makes
             return out
-    is_json = json_trace(data) is not None
+    events, is_json = decoded(data, cfg)        # remembered: the mutants of this call before
     if byte_mutate is not None and not is_json and rng.random() < 0.5:
         return byte_mutate(data, max_size)      # keep the raw-bytes path explored too
-    events = decode(data, cfg)
     for _ in range(4):                          # a mutation that changes nothing: try another
         cand = mutate_events(events, rng)
         if cand != events and well_formed(cand):
