@@ -225,9 +225,13 @@ class _Worker:
                 _serve(theirs, arch, (old_name, new_name), self.where, parent_pid)
             finally:
                 _REAL_EXIT(0)
-        theirs.close()
         self.pid, self.conn, self.owner = pid, mine, parent_pid
-        reply = self._answer(timeout)
+        try:
+            theirs.close()
+            reply = self._answer(timeout)
+        except BaseException:                         # a stop signal before it was ready
+            self.stop()
+            raise
         if reply[0] == "usage":
             self.stop()
             raise registry.ModelLoadError(reply[1])
@@ -237,13 +241,20 @@ class _Worker:
         self.info = reply[1]
 
     def call(self, what: str, args: tuple, timeout: float):
-        """("ok", result), or a Failure (the worker is then gone)."""
-        self.where[0], self.where[1] = -1, IMPORTING
+        """("ok", result), or a Failure (the worker is then gone).  Interrupted anywhere
+        between sending the request and taking its reply (a stop signal is an exception at
+        any point), the worker is killed: left alive, its answer to this request would be
+        read as the answer to the next one."""
         try:
-            self.conn.send((what, args))
-        except OSError:
-            pass                                      # it died: _answer says how
-        reply = self._answer(timeout)
+            self.where[0], self.where[1] = -1, IMPORTING
+            try:
+                self.conn.send((what, args))
+            except OSError:
+                pass                                  # it died: _answer says how
+            reply = self._answer(timeout)
+        except BaseException:
+            self.stop()
+            raise
         if reply[0] == "ok":
             return reply
         self.stop()

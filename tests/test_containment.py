@@ -147,6 +147,38 @@ def test_a_contained_candidate_shows_what_the_model_it_copies_shows(tmp_path):
     assert shown_any
 
 
+def test_a_stop_signal_between_request_and_reply_leaves_no_stale_reply(tmp_path):
+    # Ctrl-C lands just after a request went to the worker (SIGINT is an exception wherever
+    # the main thread is): the next request, e.g. the report's replay for a picture, must get
+    # its own answer, not the interrupted run_trace's TraceResult
+    from fuzz.details import EventDetail, replay_details
+    cand, _ = candidate(tmp_path, "return super().kvm_unmap_gfn_range(range)")
+    known = load_known()
+    base = Side("v5.12", registry.resolve("x86-shadow", "v5.12"))
+    contained = contain.side("x86-shadow", f"{cand}:P")
+    run_trace(UNMAP, "x86-shadow", base, contained, known)        # the worker is up
+    worker = contain._worker("x86-shadow", base, contained)
+
+    class SendThenInterrupted:
+        def __init__(self, conn):
+            self.conn, self.once = conn, True
+
+        def send(self, msg):
+            self.conn.send(msg)
+            if self.once:
+                self.once = False
+                raise KeyboardInterrupt
+
+        def __getattr__(self, name):
+            return getattr(self.conn, name)
+    worker.conn = SendThenInterrupted(worker.conn)
+    with pytest.raises(KeyboardInterrupt):
+        run_trace(UNMAP, "x86-shadow", base, contained, known)
+    details = replay_details(UNMAP, base, contained)
+    assert [type(d) for d in details] == [EventDetail] * len(UNMAP)
+    assert [d.index for d in details] == list(range(len(UNMAP)))
+
+
 def test_our_own_models_run_in_process(tmp_path):
     contain.shutdown()
     old, new = contain.side("x86-shadow", "v5.12"), contain.side("x86-shadow", "v5.13")
