@@ -94,7 +94,9 @@ def test_a_hostile_candidate_ends_the_run_with_a_one_line_finding(tmp_path, what
 @pytest.mark.parametrize("base", ["v5.13", "v5.15"])     # v5.15 runs in task mode
 def test_a_hang_names_the_event_it_hung_on(tmp_path, base):
     cand, _ = candidate(tmp_path, "while True:\n    pass", base=base)
-    old, new = contain.side("x86-shadow", base), contain.side("x86-shadow", f"{cand}:P", timeout=0.5)
+    # the timeout covers the worker's start and the events before the hang as well: 0.5 s was
+    # met at an earlier event when the machine was loaded
+    old, new = contain.side("x86-shadow", base), contain.side("x86-shadow", f"{cand}:P", timeout=2.0)
     res = run_trace(UNMAP, "x86-shadow", old, new, load_known(), keep_observations=True)
     hang = [d for d in res.divergences if d.cls == "model-hang"]
     assert [(d.event_index, d.op, d.wrong_side, d.shape) for d in hang] == [(4, "invalidate_range_start", "new", "timeout")]
