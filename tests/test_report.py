@@ -240,6 +240,25 @@ def test_summary_leads_with_the_verdict_and_collapses_known_ones_by_class(run_do
     assert max(len(ln) for ln in lines if not ln.startswith(("total:", "x86", "arm64", "mips", "ppc", "e500"))) <= report.WIDTH
 
 
+def test_summary_rows_follow_the_order_the_run_ran_its_pairs(run_doc):
+    # the table and the per-class lines list pairs as the progress lines and per-arch totals
+    # do, whatever order the divergences are stored in
+    doc, _ = run_doc
+    pairs = [f"{r['arch']} {r['old']}..{r['new']}" for r in doc["runs"]]
+    assert len(set(pairs)) == 2
+    for runs in (doc["runs"], doc["runs"][::-1]):
+        for divs in (doc["divergences"], doc["divergences"][::-1]):
+            buf = io.StringIO()
+            report.print_summary(dict(doc, runs=runs, divergences=divs), buf)
+            lines = buf.getvalue().splitlines()
+            want = [f"{r['arch']} {r['old']}..{r['new']}" for r in runs]
+            top = next(i for i, ln in enumerate(lines) if ln.split()[:2] == ["total", "NEW"])
+            rows = lines[top + 1:lines.index("", top)]
+            assert [" ".join(ln.split()[:2]) for ln in rows] == want
+            heads = [ln.strip().rpartition(":")[0] for ln in lines if re.search(r": \d+ known divergences?$", ln)]
+            assert heads == want
+
+
 def test_a_new_divergence_comes_first_with_the_command_that_shows_it(run_doc):
     doc, _ = run_doc
     doc = copy.deepcopy(doc)

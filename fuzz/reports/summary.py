@@ -256,13 +256,20 @@ def _kernel_sentence(d: dict) -> str:
     return "only with what the mm never sends: " + ", ".join(d["needs"])
 
 
-def _overview(divs: list[dict], out: TextIO) -> None:
+def _by_pair(divs: list[dict], runs: list[dict]) -> dict[tuple[str, str, str], list[dict]]:
+    """divs grouped by architecture and version pair, in the order the run ran them (the order
+    of its progress lines and its per-arch totals), then any pair it did not run."""
+    groups: dict[tuple[str, str, str], list[dict]] = {(r.get("arch"), r.get("old"), r.get("new")): [] for r in runs}
+    for d in divs:
+        groups.setdefault((d["arch"], d["old"], d["new"]), []).append(d)
+    return {k: v for k, v in groups.items() if v}
+
+
+def _overview(divs: list[dict], runs: list[dict], out: TextIO) -> None:
     """A table, one row per architecture and version pair: how many divergences, NEW ones, which
     side they blame (old, new, both), how many echo another (knock-on, same-event) and how many
     a running kernel can reach."""
-    groups: dict[tuple[str, str, str], list[dict]] = {}
-    for d in divs:
-        groups.setdefault((d["arch"], d["old"], d["new"]), []).append(d)
+    groups = _by_pair(divs, runs)
     rows = [("", "total", "NEW", "old wrong", "new wrong", "both", "echoes", "kernel-legal")]
     for (arch, old, new), ds in groups.items():
         rows.append((f"{arch} {old}..{new}", str(len(ds)), str(sum(not d["known"] for d in ds)),
@@ -274,12 +281,10 @@ def _overview(divs: list[dict], out: TextIO) -> None:
         print("  " + r[0].ljust(widths[0]) + "".join(f"  {c:>{w}s}" for c, w in zip(r[1:], widths[1:])), file=out)
 
 
-def _collapsed(divs: list[dict], out: TextIO) -> None:
+def _collapsed(divs: list[dict], runs: list[dict], out: TextIO) -> None:
     """Per architecture and version pair: what one version does that the other does not, then
     what both do, one line per class (count, ops and shapes, how many a running kernel reaches)."""
-    groups: dict[tuple[str, str, str], list[dict]] = {}
-    for d in divs:
-        groups.setdefault((d["arch"], d["old"], d["new"]), []).append(d)
+    groups = _by_pair(divs, runs)
     for (arch, old, new), ds in groups.items():
         print(f"  {arch} {old}..{new}: {_plural(len(ds), 'known divergence')}", file=out)
         for side, label in (("old", f"only {old}"), ("new", f"only {new}"), ("both", "both")):
@@ -332,12 +337,12 @@ def print_summary(doc: dict, out: TextIO, verbose: bool = False, files: bool = F
         print(file=out)
         print("per architecture and version pair (old/new wrong: what one version does and the other "
               "does not):", file=out)
-        _overview(divs, out)
+        _overview(divs, doc.get("runs", []), out)
     if known and not verbose:
         print(file=out)
         print("known, by what differs between the versions (one side wrong) and what both share", file=out)
         print("(one line per class; --verbose lists each divergence with its files):", file=out)
-        _collapsed(known, out)
+        _collapsed(known, doc.get("runs", []), out)
     if divs and verbose:
         print(file=out)
         rows = [("#", "class", "arch", "versions", "wrong", "status", "kernel", "events", "op", "shape")]
