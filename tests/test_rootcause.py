@@ -179,7 +179,7 @@ def test_the_summary_table_counts_per_pair(tmp_path):
     echo = dict(d, **{"class": "over-invalidation", "cause": "same-event", "root": "x"})
     doc = {"divergences": [d, echo, dict(d, wrong_side="old", known=True)]}
     buf = io.StringIO()
-    summary._overview(doc["divergences"], buf)
+    summary._overview(doc["divergences"], [], buf)
     head, row = buf.getvalue().splitlines()
     assert head.split() == ["total", "NEW", "old", "wrong", "new", "wrong", "both", "echoes", "kernel-legal"]
     assert row.split() == ["mips", "v5.13..c.py:C", "3", "2", "1", "2", "0", "1", "3"]
