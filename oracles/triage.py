@@ -161,3 +161,19 @@ def _mark_one(d: Divergence, known: list[KnownEntry]) -> None:
                              f"shown by {d.wrong_side} alone because the other side's schedule "
                              f"reached this event in another order)")
             return
+    if d.wrong_side == "both" and is_candidate(d.old) != is_candidate(d.new):
+        # a candidate beside one of our versions, both wrong alike: when the list explains this
+        # for that version alone, the candidate shares the version's behaviour, as a `versions`
+        # entry would say.  Every finding judges one side against the reference, so the
+        # version's behaviour does not depend on the side it runs on: an entry written for it
+        # on one side of the timeline's pairs (`old = "v5.12", wrong_side = "old"`) holds on
+        # the other side too
+        version, cand = (d.new, d.old) if is_candidate(d.old) else (d.old, d.new)
+        for alone in (replace(d, wrong_side="old", old=version, new=cand),
+                      replace(d, wrong_side="new", old=cand, new=version)):
+            for k in known:
+                if k.matches(alone):
+                    d.known = True
+                    d.explanation = (f"{k.explanation} (source: {k.source}; {k.where}; {version}'s own "
+                                     f"behaviour, which the candidate shares)")
+                    return
