@@ -35,26 +35,33 @@ Cost: one pass over the trace per divergence (both models advanced together, the
 compared after each event, then four model copies at the event), so an unminimized trace of
 thousands of events costs what running it twice does.  The deletion search for inheritance
 runs only on traces of at most MAX_EVIDENCE_EVENTS events (a minimized trace is a handful).
-Task-mode traces (several tasks, or versions that need them) are left as they are: a state at
-an event there depends on the schedule.
+Task-mode traces (several tasks, or versions whose locks block, v5.15 on): a state at an event
+means what it does for one task only while the events up to it ran one at a time, in trace
+order, on both sides; there each side's run is repeated with its model's class switched at the
+event (a model that a scheduler holds mid-run is not copied), and other traces are left as they
+are.  Task mode's findings about a whole run (deadlock, lock-order, count-imbalance) are never
+echoes.
 """
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
 
-from oracles.compare import Divergence, SideResult, compare_event
+from oracles.compare import Divergence, SideResult, compare_event, merge_findings
 from oracles.reference import expect, trace_contexts
 from oracles.triage import KnownEntry, is_candidate, mark_known
 
 from fuzz import runner
 from fuzz.runner_tasks import needs_task_mode
 from language.trace import (Event, FaultBegin, FaultCommit, InvalidateRangeEnd, InvalidateRangeStart,
-                            notifier_range)
+                            Schedule, notifier_range)
 from language.wellformed import well_formed
 
 # what a handler did with the gfns it was handed (a wrong gfn set at the same event explains them)
 EFFECTS = ("missed-invalidation", "over-invalidation", "wrong-young", "spurious-flush", "missed-flush")
+# task mode's findings about a whole run (its locks, its counts at the end), not about what one
+# event's code did from a state: no state at one event explains them
+TRACE_LEVEL = ("deadlock", "lock-order", "count-imbalance")
 MAX_DELETED_UNITS = 2          # how many earlier events (or pairs) the inheritance evidence may drop
 MAX_EVIDENCE_EVENTS = 60       # longer traces (unminimized, --profile large-vm) get no deletion search
 
@@ -106,14 +113,63 @@ def _both_codes_from(model, old_cls: type, new_cls: type, events: list[Event], j
     return [(d.cls, d.op, d.shape, d.wrong_side) for d in divs]
 
 
+def _serial(runs, events: list[Event], j: int) -> bool:
+    """Each of events[:j + 1] (directives aside) ran, alone (no other task ran while it was
+    under way), in trace order, and none before j crashed: the state before event j is then
+    the state after the event before it."""
+    order = [i for i in range(j + 1) if not isinstance(events[i], Schedule)]
+    for r in runs:
+        for n, i in enumerate(order):
+            e = r.events[i]
+            if not e.ran or e.interleaved or e.started_before != tuple(order[:n]):
+                return False
+            if i < j and e.obs is not None and e.obs.crashed:
+                return False
+    return True
+
+
+def _codes_at(base, other: type, events: list[Event], j: int, own) -> list[tuple[str, str, str, str]]:
+    """Task mode: event j's findings of base's own code and of `other`'s code, both from the
+    state base's code reached (two runs from the start, the second switching its model's class
+    at j), as one comparison: wrong_side old is base's code, new is other's."""
+    from fuzz.runner_tasks import run_side
+    swapped = run_side(base, events, "", runner.apply_event, swap_at=(j, other))
+    if not _serial([swapped], events, j):
+        return []
+    divs = merge_findings(j, events[j], own.events[j].findings, swapped.events[j].findings)
+    return [(d.cls, d.op, d.shape, d.wrong_side) for d in divs]
+
+
+def cross_run_tasks(events: list[Event], j: int, old_cls: type, new_cls: type) -> CrossRun | None:
+    """cross_run for a task-mode trace whose events up to j ran one at a time and in trace
+    order on both sides, so that "the state at event j" means what it does for one task (None
+    otherwise).  Each side's run is repeated from the start with the model's class switched at
+    j, instead of copying a model that a scheduler and its greenlets hold mid-run."""
+    from fuzz.runner_tasks import run_side
+    r_old = run_side(old_cls, events, "", runner.apply_event, keep_posts=True)
+    r_new = run_side(new_cls, events, "", runner.apply_event, keep_posts=True)
+    if not _serial([r_old, r_new], events, j):
+        return None
+    ran = [i for i in range(j) if not isinstance(events[i], Schedule)]
+    first = next((i for i in ran if not _same(r_old.events[i].post, r_new.events[i].post)), None)
+    equal = not ran or _same(r_old.events[ran[-1]].post, r_new.events[ran[-1]].post)
+    # from the old side's state, old's code is "old" and new's "new"; from the new side's
+    # state new's code is the base of the second comparison, so its sides are swapped back
+    from_old = _codes_at(old_cls, new_cls, events, j, r_old)
+    from_new = [(c, o, s, {"old": "new", "new": "old"}.get(w, w))
+                for c, o, s, w in _codes_at(new_cls, old_cls, events, j, r_new)]
+    return CrossRun(equal, from_old, from_new, first)
+
+
 def cross_run(events: list[Event], j: int, old_cls: type, new_cls: type) -> CrossRun | None:
     """Run both versions' code at event j from each side's own state (None when that cannot
-    be done faithfully: the classes keep different attributes, or a side crashed before j)."""
-    if needs_task_mode(events, old_cls, new_cls):
-        return None
+    be done faithfully: the classes keep different attributes, a side crashed before j, or a
+    task-mode trace's events up to j did not run one at a time in trace order)."""
     probe_old, probe_new = old_cls(), new_cls()
     if set(vars(probe_old)) != set(vars(probe_new)):
         return None
+    if needs_task_mode(events, old_cls, new_cls):
+        return cross_run_tasks(events, j, old_cls, new_cls)
     m_old, m_new, first = _advance_both(old_cls, new_cls, events, j)
     if m_old is None:
         return None
@@ -186,7 +242,7 @@ def attribute(d: Divergence, arch: str, old: runner.Side, new: runner.Side,
     if d.wrong_side == "both" or not d.trace or d.event_index >= len(d.trace):
         return d
     events = d.trace
-    if needs_task_mode(events, *(s.cls for s in (old, new) if not s.contained)):
+    if d.cls in TRACE_LEVEL:
         return d
     try:
         res = runner.run_trace(events, arch, old, new, known)

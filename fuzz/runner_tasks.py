@@ -75,6 +75,7 @@ class EventRun:
     interleaved: bool = False        # another task ran between its start and its end
     slots_same: bool = True          # the memslots at its end were those at its start
     started_before: tuple = ()       # the events this side started before it, in order
+    post: object = None              # the model's snapshot when it ended (fuzz/rootcause.py reads it)
 
 
 @dataclass
@@ -195,8 +196,12 @@ def why_stopped(t, mid_event: bool) -> str:
     return "preempted" if mid_event else ""
 
 
-def run_side(cls_make, events: list[Event], arch: str, apply_event) -> SideRun:
-    """Run every task of `events` on a fresh model of one side."""
+def run_side(cls_make, events: list[Event], arch: str, apply_event,
+             swap_at: tuple[int, type] | None = None, keep_posts: bool = False) -> SideRun:
+    """Run every task of `events` on a fresh model of one side.  For fuzz/rootcause.py:
+    swap_at (i, cls): from event i on, the model runs cls's code (another version's code from
+    this side's state; the classes keep the same attributes); keep_posts: each event's
+    EventRun keeps the model's snapshot at its end."""
     model: Kvm = cls_make()
     directive = next((e for e in events if isinstance(e, Schedule)), None)
     programs: dict[str, list[int]] = {}
@@ -264,6 +269,8 @@ def run_side(cls_make, events: list[Event], arch: str, apply_event) -> SideRun:
                 in_flight = (set(model.faults) | {events[j].fault for j in current_event.values()
                                                   if j is not None and isinstance(events[j], FaultCommit)}
                              if bare else set())
+                if swap_at is not None and i == swap_at[0]:
+                    model.__class__ = swap_at[1]
                 if dead[0]:
                     obs = model.obs
                 else:
@@ -277,6 +284,8 @@ def run_side(cls_make, events: list[Event], arch: str, apply_event) -> SideRun:
                 post = model.snapshot()
                 r = runs[i]
                 r.ran, r.obs = True, obs
+                if keep_posts:
+                    r.post = post
                 if obs.crashed:
                     dead[0] = True
                 if skipped:
