@@ -250,6 +250,14 @@ def attribute(d: Divergence, arch: str, old: runner.Side, new: runner.Side,
     except Exception:                          # a model that cannot be copied: leave d as it is
         return d
     if here is None:
+        # no cross run (an interleaved task-mode trace): the same-event relation needs none
+        # when the trace's own run reports the walker's wrong gfns at this event
+        if not d.known and d.cls in EFFECTS:
+            for x in res.divergences:
+                if (x.event_index == d.event_index and x.cls == "gfn-set-mismatch" and not x.known
+                        and x.wrong_side in (d.wrong_side, "both")):
+                    d.cause, d.root, d.root_event = "same-event", x.signature, d.event_index
+                    return d
         return d
     wrong = d.wrong_side
     shown = here.from_new_state if wrong == "new" else here.from_old_state

@@ -317,3 +317,39 @@ def test_task_mode_cross_run_reads_each_side_state_where_events_ran_one_at_a_tim
             if not alone:
                 assert rootcause.cross_run(t, 5, base, OffByOne) is None
     assert interleaved
+
+
+def test_an_interleaved_trace_still_links_a_flush_to_the_wrong_gfns_at_its_event():
+    # x86-tdp v6.19 and a patch handing kvm_unmap_gfn_range one gfn too many.  The schedule
+    # preempts event 5 (the memslot ioctl runs event 6 inside it), so there is no state at event 7
+    # to run the other code from.  At event 7 the patch's range reaches a whole 2 MiB table,
+    # which it removes and flushes for though no translation changes: the spurious flush follows
+    # from the wrong gfns the trace's own run reports at that very event
+    from impls import registry
+    from language.trace import trace_from_json
+    events = trace_from_json({"schema": "memslot-fuzz-trace/1", "events": [
+        {"op": "schedule", "preempt": [[13, "ioctl"]]},
+        {"op": "host_map", "hva": "0x7f0000000000", "size": "0x200000", "pfn": "0x10000", "page_size": "0x1000",
+         "writable": False, "task": "mm1"},
+        {"op": "set_memory_region", "as_id": 0, "slot": 1, "flags": 0, "guest_phys_addr": "0x200000",
+         "memory_size": "0x200000", "userspace_addr": "0x7f0000000000", "task": "ioctl"},
+        {"op": "fault_begin", "fault": 1, "as_id": 0, "gfn": "0x200", "write": False, "task": "vcpu0"},
+        {"op": "fault_commit", "fault": 1, "task": "vcpu0"},
+        {"op": "invalidate_range_start", "start": "0x7f00001ff000", "end": "0x7f00001ff001", "blockable": True, "task": "mm0"},
+        {"op": "set_memory_region", "as_id": 0, "slot": 3, "flags": 0, "guest_phys_addr": "0x0",
+         "memory_size": "0x200000", "userspace_addr": "0x7f0000000000", "task": "ioctl"},
+        {"op": "invalidate_range_start", "start": "0x7f0000000000", "end": "0x7f00001ff000", "blockable": True, "task": "mm1"},
+        {"op": "invalidate_range_end", "start": "0x7f0000000000", "end": "0x7f00001ff000", "blockable": True, "task": "mm1"},
+        {"op": "invalidate_range_end", "start": "0x7f00001ff000", "end": "0x7f00001ff001", "blockable": True, "task": "mm0"}]})
+    base = registry.resolve("x86-tdp", "v6.19")
+
+    class OffByOne(base):
+        def kvm_unmap_gfn_range(self, range):
+            range.end += 1
+            return super().kvm_unmap_gfn_range(range)
+    assert rootcause.cross_run(events, 7, base, OffByOne) is None
+    ds = attributed(events, "x86-tdp", Side("v6.19", base), Side("p.py:OffByOne", OffByOne))
+    root = ds[("gfn-set-mismatch", "new", "one-gfn-past-end")]
+    flush = ds[("spurious-flush", "new", "nothing-changed")]
+    assert root.event_index == flush.event_index == 7 and not root.known and root.cause == ""
+    assert (flush.cause, flush.root, flush.root_event) == ("same-event", root.signature, 7)
