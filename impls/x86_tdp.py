@@ -235,7 +235,8 @@ class X86TdpMmu(X86ShadowMmu):
         # v5.12 arch/x86/kvm/mmu/tdp_mmu.c zap_gfn_range (v5.13 adds `shared`): zero present
         # leaves touching [start, end) and non-leaves wholly inside it; yield per the rule above
         zeroed_since_yield = 0
-        for level, gfn in self.walk_ptes(root, start, end):
+        walk = self.walk_ptes(root, start, end)
+        for level, gfn in iter(lambda: next(walk, None), None):
             kind = self.spte_kind(root, level, gfn)
             if kind == "table" and (gfn < start or gfn + self.span(level) > end):
                 continue        # sticks out of the range: zap below it instead
@@ -243,6 +244,11 @@ class X86TdpMmu(X86ShadowMmu):
                 self.iter_cond_resched(flush)
                 flush = False
                 zeroed_since_yield = 0
+                # tdp_iter_next after a yield: tdp_iter_restart walks again from the root down
+                # to this gfn, reading every SPTE anew (other tasks ran while mmu_lock was
+                # dropped: this one may be gone, others may have appeared), and goes on from there
+                walk = self.walk_ptes(root, gfn, end)
+                continue
             self.zero_spte(root, level, gfn, shared)
             zeroed_since_yield += 1
             if not shared:

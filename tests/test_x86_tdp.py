@@ -327,3 +327,28 @@ def test_empty_table_flush_divergence_is_known():
     divs = diverge("x86-tdp", ("v5.12", X86TdpV5_12), ("v5.13", X86TdpV5_13), ev)
     assert [(d.cls, d.wrong_side, d.shape, d.known) for d in divs] == [
         ("spurious-flush", "both", "nothing-changed", True)]
+
+
+def test_a_zap_that_yields_reads_the_sptes_anew_from_the_root():
+    # tdp_iter_next after tdp_mmu_iter_cond_resched dropped mmu_lock: tdp_iter_restart walks
+    # from the root again at the gfn it yielded at, so an SPTE another task zapped meanwhile is
+    # no longer present and is skipped (the model used to zero it again and crash).  Task mode
+    # lets other tasks run exactly there; this stands in for another mm task during the first
+    # yield.  (A vCPU fault there installs nothing: the open invalidation makes it retry.)
+    class Racy(X86TdpV5_13):
+        def iter_cond_resched(self, flush):
+            if flush:
+                self.kvm_flush_remote_tlbs("tdp_mmu_iter_cond_resched")
+            self.mmu_unlock()
+            if not getattr(self, "raced", False):
+                self.raced = True
+                self.zap_leaf(self.leaves[(0, 0x101, 1)])        # another mm task's zap
+            self.mmu_lock()
+    ev = small_slot() + [InvalidateRangeStart(HVA, HVA + 4 * P)]
+    model, o = last(Racy, ev)
+    assert model.raced and not o.crashed
+    # 0x100 by the zap, 0x101 by the other task, then the restarted walk: 0x102 and 0x103
+    assert zapped(o) == [(0, 0x100, 1), (0, 0x101, 1), (0, 0x102, 1), (0, 0x103, 1)]
+    assert not any(k[0] == 0 and 0x100 <= k[1] < 0x104 for k in model.leaves)
+    # the yields: before 0x102 (the restarted walk finds 0x101 gone) and before 0x103
+    assert origins(o) == ["tdp_mmu_iter_cond_resched"] * 2 + ["kvm_flush_remote_tlbs"]
