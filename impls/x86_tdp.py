@@ -538,8 +538,32 @@ class X86TdpAgingLockless_v6_19(X86TdpMmu):
         return self.kvm_tdp_mmu_handle_gfn(range, self.test_age_gfn, "test_age_gfn")
 
 
+class X86TdpUnmapFlush_c7785d85b6c6(X86TdpMmu):
+    """c7785d85b6c6 (v5.16, Hou Wenlong, "KVM: x86/mmu: Skip tlb flush if it has been done in
+    zap_gfn_range()"): the TDP unmap's result replaces the pending flush instead of being ORed
+    into it, in kvm_unmap_gfn_range and per root, since a zap that yielded has flushed already.
+    Applied from v5.17, the first modelled release that has it.  Under this model's yield rule
+    (a zap yields only just before zeroing another SPTE, so it never ends on a yield) the
+    result equals the ORed one; the kernel may yield after its last zeroing, where the two
+    differ by one flush, and a rule that yields there stays faithful with this layer."""
+
+    def kvm_unmap_gfn_range(self, range: KvmGfnRange) -> bool:
+        # v5.16 arch/x86/kvm/mmu/mmu.c kvm_unmap_gfn_range: flush = tdp unmap(range, flush)
+        flush = super(X86TdpV5_13, self).kvm_unmap_gfn_range(range)
+        return self.kvm_tdp_mmu_unmap_gfn_range(range, flush)
+
+    def kvm_tdp_mmu_unmap_gfn_range(self, range: KvmGfnRange, flush: bool) -> bool:
+        # v5.16 arch/x86/kvm/mmu/tdp_mmu.c kvm_tdp_mmu_unmap_gfn_range: flush = zap(..., flush)
+        for root in self.roots_of(range.slot.as_id):
+            self.record_call("zap_gfn_range", range.slot, range.start, range.end,
+                             f"root{root.id}" + (" invalid" if root.invalid else ""))
+            flush = self.zap_gfn_range(root, range.start, range.end, range.may_block, flush, False)
+        return flush
+
+
 # commits after v5.13 that change what this arch's handlers do, from the release that has them
-LATER_OVERRIDES = [("v5.15", X86ShadowSyncPageFlushes_6bc6db000295), ("v6.19", X86TdpAgingLockless_v6_19)]
+LATER_OVERRIDES = [("v5.15", X86ShadowSyncPageFlushes_6bc6db000295), ("v5.17", X86TdpUnmapFlush_c7785d85b6c6),
+                   ("v6.19", X86TdpAgingLockless_v6_19)]
 
 MODELS = {"x86-tdp": {
     "v5.12": (X86TdpV5_12, ""),
