@@ -542,10 +542,11 @@ class X86TdpUnmapFlush_c7785d85b6c6(X86TdpMmu):
     """c7785d85b6c6 (v5.16, Hou Wenlong, "KVM: x86/mmu: Skip tlb flush if it has been done in
     zap_gfn_range()"): the TDP unmap's result replaces the pending flush instead of being ORed
     into it, in kvm_unmap_gfn_range and per root, since a zap that yielded has flushed already.
-    Applied from v5.17, the first modelled release that has it.  Under this model's yield rule
-    (a zap yields only just before zeroing another SPTE, so it never ends on a yield) the
-    result equals the ORed one; the kernel may yield after its last zeroing, where the two
-    differ by one flush, and a rule that yields there stays faithful with this layer."""
+    Applied from v5.17, the first modelled release that has it.  The two differ only when a zap
+    yields (flushing) and zeroes nothing after: with one task this model's yield rule (a yield
+    only just before zeroing another SPTE) never does that; in task mode another task can zap
+    what was left while mmu_lock is dropped, and then this layer saves the final flush as the
+    kernel does (which may also yield after its last zeroing on need_resched)."""
 
     def kvm_unmap_gfn_range(self, range: KvmGfnRange) -> bool:
         # v5.16 arch/x86/kvm/mmu/mmu.c kvm_unmap_gfn_range: flush = tdp unmap(range, flush)
