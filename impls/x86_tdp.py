@@ -27,8 +27,9 @@ What we model
   can show; each yield first flushes if a flush is pending (the zap's own `flush` argument),
   then drops and retakes mmu_lock.  Because the notifier wrappers OR the zap's result into the
   incoming flush (`flush |=`), a flush done at a yield is still reported upward; that redundant
-  final flush (fixed in v5.16) needs an incoming flush of true, i.e. a second root of the same
-  address space or a non-empty rmap pass, neither of which this model has.
+  final flush (fixed in v5.16 by c7785d85b6c6, X86TdpUnmapFlush_c7785d85b6c6 from v5.17) needs
+  an incoming flush of true, i.e. a second root of the same address space or a non-empty rmap
+  pass, neither of which this model has.
 * Aging assumes A/D bits enabled: v5.12 age_gfn_range also clears the Dirty bit, v5.13 does not.
 * change_pte: only 4K present leaves are touched (a huge leaf is left alone).  The second write
   of the read-only case still reports the original SPTE as "old", so a pfn change makes
@@ -236,7 +237,8 @@ class X86TdpMmu(X86ShadowMmu):
         # leaves touching [start, end) and non-leaves wholly inside it; yield per the rule above
         zeroed_since_yield = 0
         walk = self.walk_ptes(root, start, end)
-        for level, gfn in iter(lambda: next(walk, None), None):
+        while (spte := next(walk, None)) is not None:
+            level, gfn = spte
             kind = self.spte_kind(root, level, gfn)
             if kind == "table" and (gfn < start or gfn + self.span(level) > end):
                 continue        # sticks out of the range: zap below it instead
@@ -436,8 +438,14 @@ class X86TdpV5_13(X86TdpMmu, X86ShadowV5_13):
         for root in self.roots_of(range.slot.as_id):
             self.record_call("zap_gfn_range", range.slot, range.start, range.end,
                              f"root{root.id}" + (" invalid" if root.invalid else ""))
-            flush |= self.zap_gfn_range(root, range.start, range.end, range.may_block, flush, False)
+            flush = self.unmap_flush(flush, self.zap_gfn_range(root, range.start, range.end,
+                                                              range.may_block, flush, False))
         return flush
+
+    def unmap_flush(self, pending: bool, zapped: bool) -> bool:
+        # v5.13 arch/x86/kvm/mmu/mmu.c kvm_unmap_gfn_range and tdp_mmu.c
+        # kvm_tdp_mmu_unmap_gfn_range: the TDP zap's result is ORed into the pending flush
+        return pending | zapped
 
     def kvm_tdp_mmu_handle_gfn(self, range: KvmGfnRange, handler, hook: str) -> bool:
         # v5.13 arch/x86/kvm/mmu/tdp_mmu.c kvm_tdp_mmu_handle_gfn: present leaves of [start, end)
@@ -472,8 +480,7 @@ class X86TdpV5_13(X86TdpMmu, X86ShadowV5_13):
     def kvm_unmap_gfn_range(self, range: KvmGfnRange) -> bool:
         # v5.13 arch/x86/kvm/mmu/mmu.c kvm_unmap_gfn_range: rmap result is the TDP zap's flush
         flush = super().kvm_unmap_gfn_range(range)
-        flush |= self.kvm_tdp_mmu_unmap_gfn_range(range, flush)
-        return flush
+        return self.unmap_flush(flush, self.kvm_tdp_mmu_unmap_gfn_range(range, flush))
 
     def kvm_set_spte_gfn(self, range: KvmGfnRange) -> bool:
         # v5.13 arch/x86/kvm/mmu/mmu.c kvm_set_spte_gfn + tdp_mmu.c kvm_tdp_mmu_set_spte_gfn:
@@ -542,24 +549,16 @@ class X86TdpUnmapFlush_c7785d85b6c6(X86TdpMmu):
     """c7785d85b6c6 (v5.16, Hou Wenlong, "KVM: x86/mmu: Skip tlb flush if it has been done in
     zap_gfn_range()"): the TDP unmap's result replaces the pending flush instead of being ORed
     into it, in kvm_unmap_gfn_range and per root, since a zap that yielded has flushed already.
-    Applied from v5.17, the first modelled release that has it.  The two differ only when a zap
-    yields (flushing) and zeroes nothing after: with one task this model's yield rule (a yield
-    only just before zeroing another SPTE) never does that; in task mode another task can zap
-    what was left while mmu_lock is dropped, and then this layer saves the final flush as the
-    kernel does (which may also yield after its last zeroing on need_resched)."""
+    Applied from v5.17, the first modelled release that has it.  The two differ only when a
+    flush is already pending as the zap starts and the zap yields (flushing it) and then zeroes
+    nothing more.  The module doc says why this model's incoming flush is always false (no
+    rmap pass result, one root per address space), so the layer changes no observation here;
+    it keeps the later versions' code saying what the kernel's does."""
 
-    def kvm_unmap_gfn_range(self, range: KvmGfnRange) -> bool:
-        # v5.16 arch/x86/kvm/mmu/mmu.c kvm_unmap_gfn_range: flush = tdp unmap(range, flush)
-        flush = super(X86TdpV5_13, self).kvm_unmap_gfn_range(range)
-        return self.kvm_tdp_mmu_unmap_gfn_range(range, flush)
-
-    def kvm_tdp_mmu_unmap_gfn_range(self, range: KvmGfnRange, flush: bool) -> bool:
-        # v5.16 arch/x86/kvm/mmu/tdp_mmu.c kvm_tdp_mmu_unmap_gfn_range: flush = zap(..., flush)
-        for root in self.roots_of(range.slot.as_id):
-            self.record_call("zap_gfn_range", range.slot, range.start, range.end,
-                             f"root{root.id}" + (" invalid" if root.invalid else ""))
-            flush = self.zap_gfn_range(root, range.start, range.end, range.may_block, flush, False)
-        return flush
+    def unmap_flush(self, pending: bool, zapped: bool) -> bool:
+        # v5.16 arch/x86/kvm/mmu/mmu.c kvm_unmap_gfn_range, tdp_mmu.c kvm_tdp_mmu_unmap_gfn_range:
+        # flush = the zap's result (it took the pending flush in and flushed it if it yielded)
+        return zapped
 
 
 # commits after v5.13 that change what this arch's handlers do, from the release that has them

@@ -6,6 +6,10 @@ new, wrong_side, shape; a field left out matches anything, a list matches any of
 values; `versions` matches when every side blamed runs one of the listed versions, whether it
 is the pair's old or new side) and says why the divergence is real kernel behaviour, with its
 source.  Known divergences are still reported, marked known.
+
+What one version does wrong is written with `versions`: every finding judges one side against
+the reference, so it does not depend on which side runs the version, and a patch modelled on
+that version, wrong alike on both sides, inherits it (tests/test_oracle.py checks the list).
 """
 from __future__ import annotations
 
@@ -161,19 +165,3 @@ def _mark_one(d: Divergence, known: list[KnownEntry]) -> None:
                              f"shown by {d.wrong_side} alone because the other side's schedule "
                              f"reached this event in another order)")
             return
-    if d.wrong_side == "both" and is_candidate(d.old) != is_candidate(d.new):
-        # a candidate beside one of our versions, both wrong alike: when the list explains this
-        # for that version alone, the candidate shares the version's behaviour, as a `versions`
-        # entry would say.  Every finding judges one side against the reference, so the
-        # version's behaviour does not depend on the side it runs on: an entry written for it
-        # on one side of the timeline's pairs (`old = "v5.12", wrong_side = "old"`) holds on
-        # the other side too
-        version, cand = (d.new, d.old) if is_candidate(d.old) else (d.old, d.new)
-        for alone in (replace(d, wrong_side="old", old=version, new=cand),
-                      replace(d, wrong_side="new", old=cand, new=version)):
-            for k in known:
-                if k.matches(alone):
-                    d.known = True
-                    d.explanation = (f"{k.explanation} (source: {k.source}; {k.where}; {version}'s own "
-                                     f"behaviour, which the candidate shares)")
-                    return

@@ -12,9 +12,9 @@ from impls import registry
 from oracles.triage import load_known
 
 
-def off_by_one(arch):
-    """kvm_unmap_gfn_range of the arch's v5.13 model, handed one gfn too many."""
-    base = registry.resolve(arch, "v5.13")
+def off_by_one(arch, version="v5.13"):
+    """kvm_unmap_gfn_range of the arch's model of `version`, handed one gfn too many."""
+    base = registry.resolve(arch, version)
 
     def kvm_unmap_gfn_range(self, range):
         range.end += 1

@@ -129,3 +129,19 @@ def test_the_known_list_never_excuses_a_divergence_that_blames_only_a_candidate(
     [d] = [x for x in diverge("x86-shadow", ("v5.13", X86ShadowV5_13), ("p.py:Cand", OnlyStart), ev)
            if x.cls == "warning"]
     assert d.known and d.wrong_side == "both"
+
+
+def test_a_known_behaviour_of_one_version_is_written_for_that_version_on_either_side():
+    # Every finding judges one side against the reference, so what a version does wrong does not
+    # depend on the side it runs on.  An entry written as "old = V, wrong_side = old" would excuse
+    # V on the old side only, and blame a patch based on V (both sides wrong) for V's behaviour:
+    # the list writes such entries as `versions = [V]`
+    import tomllib
+    from oracles.triage import KNOWN_DIR
+    one_sided = []
+    for path in sorted(KNOWN_DIR.glob("*.toml")):
+        for i, e in enumerate(tomllib.loads(path.read_text())["known"]):
+            if "versions" not in e and ("old" in e) != ("new" in e) \
+                    and e.get("wrong_side") == ("old" if "old" in e else "new"):
+                one_sided.append(f"{path.name} entry {i}")
+    assert not one_sided

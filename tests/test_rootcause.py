@@ -272,8 +272,8 @@ def test_task_mode_cross_run_reads_each_side_state_where_events_ran_one_at_a_tim
     # side only.  At event 5 (a bare change_pte of 0x20c) v6.19 keeps the stale leaf and the
     # patch has none: v6.19 is wrong there, but the patch's code from v6.19's state does the
     # same, so it is a knock-on of event 4, not something the patch fixes
-    from impls import registry
     from language.trace import trace_from_json
+    from test_candidates import off_by_one
     events = trace_from_json({"schema": "memslot-fuzz-trace/1", "events": [
         {"op": "host_map", "hva": "0x7f0000000000", "size": "0x200000", "pfn": "0x10000", "page_size": "0x1000",
          "writable": False, "task": "mm1"},
@@ -284,12 +284,7 @@ def test_task_mode_cross_run_reads_each_side_state_where_events_ran_one_at_a_tim
         {"op": "invalidate_range_start", "start": "0x7f00001fe800", "end": "0x7f00001fe801", "blockable": True, "task": "mm0"},
         {"op": "change_pte", "hva": "0x7f00001ff000", "pfn": "0x10401", "writable": False, "task": "mm0"},
         {"op": "invalidate_range_end", "start": "0x7f00001fe800", "end": "0x7f00001fe801", "blockable": True, "task": "mm0"}]})
-    base = registry.resolve("x86-shadow", "v6.19")
-
-    class OffByOne(base):
-        def kvm_unmap_gfn_range(self, range):
-            range.end += 1
-            return super().kvm_unmap_gfn_range(range)
+    base, OffByOne = registry.resolve("x86-shadow", "v6.19"), off_by_one("x86-shadow", "v6.19")
     at4 = rootcause.cross_run(events, 4, base, OffByOne)
     assert at4.states_equal and at4.first_difference is None
     assert ("gfn-set-mismatch", "invalidate_range_start", "one-gfn-past-end", "new") in at4.from_old_state
@@ -326,8 +321,8 @@ def test_an_interleaved_trace_still_links_a_flush_to_the_wrong_gfns_at_its_event
     # to run the other code from.  At event 7 the patch's range reaches a whole 2 MiB table,
     # which it removes and flushes for though no translation changes: the spurious flush follows
     # from the wrong gfns the trace's own run reports at that very event
-    from impls import registry
     from language.trace import trace_from_json
+    from test_candidates import off_by_one
     events = trace_from_json({"schema": "memslot-fuzz-trace/1", "events": [
         {"op": "schedule", "preempt": [[13, "ioctl"]]},
         {"op": "host_map", "hva": "0x7f0000000000", "size": "0x200000", "pfn": "0x10000", "page_size": "0x1000",
@@ -342,12 +337,7 @@ def test_an_interleaved_trace_still_links_a_flush_to_the_wrong_gfns_at_its_event
         {"op": "invalidate_range_start", "start": "0x7f0000000000", "end": "0x7f00001ff000", "blockable": True, "task": "mm1"},
         {"op": "invalidate_range_end", "start": "0x7f0000000000", "end": "0x7f00001ff000", "blockable": True, "task": "mm1"},
         {"op": "invalidate_range_end", "start": "0x7f00001ff000", "end": "0x7f00001ff001", "blockable": True, "task": "mm0"}]})
-    base = registry.resolve("x86-tdp", "v6.19")
-
-    class OffByOne(base):
-        def kvm_unmap_gfn_range(self, range):
-            range.end += 1
-            return super().kvm_unmap_gfn_range(range)
+    base, OffByOne = registry.resolve("x86-tdp", "v6.19"), off_by_one("x86-tdp", "v6.19")
     assert rootcause.cross_run(events, 7, base, OffByOne) is None
     ds = attributed(events, "x86-tdp", Side("v6.19", base), Side("p.py:OffByOne", OffByOne))
     root = ds[("gfn-set-mismatch", "new", "one-gfn-past-end")]
