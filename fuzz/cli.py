@@ -771,8 +771,41 @@ def check_outputs(args) -> None:
         output.check_file(args.html, "--html")
 
 
+class _StdoutReaderGone:
+    """sys.stdout for a command whose output may go to a reader that stops reading (`| head`):
+    once a write or flush meets a closed pipe, the rest of the output goes to /dev/null and the
+    command carries on, so it still writes what it saves and exits with its own code (a
+    BrokenPipeError used to end a finished run with a traceback and exit 1, "new finding")."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def _gone(self) -> None:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, self._stream.fileno())
+        os.close(null)
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._gone()
+            return len(text)
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._gone()
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
 @lifetime.with_stop_handlers      # SIGINT/SIGTERM: stop, save, summarize, report, exit 130/143
 def main(argv: list[str] | None = None) -> int:
+    if not isinstance(sys.stdout, _StdoutReaderGone) and sys.stdout is not None:
+        sys.stdout = _StdoutReaderGone(sys.stdout)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -335,3 +335,18 @@ def test_show_html_draws_the_hva_axis_to_scale_on_request(tmp_path):
         out = tmp_path / f"{scale}.html"
         main(["show", str(entry), "--html", str(out), "--hva-scale", scale])
         assert f'data-hva-scale="{scale}"' in out.read_text()
+
+
+def test_a_reader_that_stops_reading_does_not_change_the_exit_code(tmp_path):
+    # `memslot-fuzz run ... | head -1`: the summary's writes meet a closed pipe; the run has saved and reported everything and must exit with its own code,
+    # without a traceback (a BrokenPipeError used to end it with exit 1, "new finding")
+    import subprocess
+    exe = Path(sys.executable).with_name("memslot-fuzz")
+    proc = subprocess.Popen([str(exe), "run", "--arch", "mips", "--max-traces", "200", "--max-time", "60",
+                             "--seed", "1", "--out", str(tmp_path / "out"), "--report", str(tmp_path / "r.json")],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=tmp_path)
+    proc.stdout.close()                 # the reader is gone before the first line is written
+    err = proc.stderr.read().decode()
+    assert proc.wait(60) == 0, err[-2000:]
+    assert "Traceback" not in err and "BrokenPipe" not in err
+    assert json.loads((tmp_path / "r.json").read_text())["totals"]["new_divergences"] == 0
