@@ -187,3 +187,21 @@ def test_ci_mode_stops_on_sigterm_with_its_summary_and_143(tmp_path):
     assert proc.returncode == 143, err[-2000:]
     assert "Traceback" not in err and "(interrupted)" in out
     assert not gone_within(workers, 30)
+
+
+def test_the_hypothesis_engine_ends_on_a_stop_signal_whose_interrupt_was_swallowed(tmp_path, monkeypatch):
+    # fuzz/lifetime.py raises Interrupted for the first stop signal only; should hypothesis's
+    # own code catch that one exception, the engine must still end (it ran on to --max-time)
+    import time
+    from fuzz import lifetime
+    from fuzz.engines.hypothesis_engine import run_hypothesis
+    from fuzz.engines.random_engine import Job
+    from fuzz.runner import Side
+    from impls import registry
+    from oracles.triage import load_known
+    monkeypatch.setattr(lifetime, "_received", [signal.SIGTERM])     # received, its raise lost
+    job = Job("mips", Side("v5.12", registry.resolve("mips", "v5.12")),
+              Side("v5.13", registry.resolve("mips", "v5.13")), 300.0, 1, tmp_path)
+    t0 = time.monotonic()
+    res = run_hypothesis(job, load_known())
+    assert res.interrupted and time.monotonic() - t0 < 30

@@ -12,6 +12,8 @@ from hypothesis.errors import NoSuchExample
 
 from oracles.triage import KnownEntry
 
+from fuzz import lifetime
+
 from fuzz.engines.random_engine import Job, JobResult, Progress, found
 from fuzz.engines.generate import traces
 from fuzz.runner import run_trace
@@ -40,7 +42,9 @@ def run_hypothesis(job: Job, known: list[KnownEntry], progress: Progress | None 
         key = tuple(events)
         if key in answers:
             return answers[key]
-        if time.monotonic() - start >= job.max_time:
+        if time.monotonic() - start >= job.max_time or lifetime.stop_signal() is not None:
+            # a stop signal raises Interrupted once only (fuzz/lifetime.py): should hypothesis's
+            # own code catch that one, the run still ends here, as at --max-time
             raise _OutOfTime
         r = run_trace(events, job.arch, job.old, job.new, known)
         stats["events"] += r.events
@@ -51,7 +55,7 @@ def run_hypothesis(job: Job, known: list[KnownEntry], progress: Progress | None 
         return answers[key]
 
     try:
-        while time.monotonic() - start < job.max_time:
+        while time.monotonic() - start < job.max_time and lifetime.stop_signal() is None:
             answers.clear()
             best.clear()
             try:
@@ -86,6 +90,7 @@ def run_hypothesis(job: Job, known: list[KnownEntry], progress: Progress | None 
                 break
     except KeyboardInterrupt:          # SIGINT or SIGTERM (fuzz.lifetime.Interrupted)
         res.interrupted = True
+    res.interrupted |= lifetime.stop_signal() is not None
     res.events, res.traces = stats["events"], stats["traces"]
     res.seconds = time.monotonic() - start
     return res
