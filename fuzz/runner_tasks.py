@@ -39,7 +39,7 @@ from impls.machine import HostPageTable
 from impls.observation import Observation
 from impls.tasks import LockdepMap, RwSem, Scheduler
 from oracles.compare import INSTANT, MEMSLOTS, STATE, Divergence, Finding, SideResult, check_side, merge_findings
-from oracles.reference import covers_page, expect
+from oracles.reference import covers_page, expect, under_open_range
 
 from fuzz.schedule import policy_for
 from language.trace import (MAIN_TASK, TASK_ROLES, ChangePte, Event, FaultCommit, HostMap, InvalidateRangeEnd, InvalidateRangeStart,
@@ -222,6 +222,7 @@ def run_side(cls_make, events: list[Event], arch: str, apply_event,
     segments: list[Segment] = []
     started: list[int] = []          # event indices in the order this side started them
     bare_during: set[int] = set()    # faults in flight when a bare change_pte ran
+    changed_during: dict[int, list[tuple[int, int]]] = {}   # fault -> host ranges changed under open ones
 
     def on_switch(task) -> None:
         if last_task[0] is not None and last_task[0] != task.name:
@@ -262,13 +263,17 @@ def run_side(cls_make, events: list[Event], arch: str, apply_event,
                 skipped = False
                 # oracles.reference.trace_contexts as this side ran it: a change_pte that no
                 # invalidation whose start has returned covers, while these faults are in flight
-                bare = (isinstance(ev, ChangePte)
-                        and not covers_page([(s, e) for _, s, e in model.host.open_invalidations], ev.hva))
+                open_now = [(s, e) for _, s, e in model.host.open_invalidations]
+                bare = isinstance(ev, ChangePte) and not covers_page(open_now, ev.hva)
+                # ... and one under an open invalidation ("host-changed-under-open-invalidation")
+                change = ((ev.hva - ev.hva % 4096, ev.hva - ev.hva % 4096 + 4096) if isinstance(ev, ChangePte)
+                          else (ev.hva, ev.hva + ev.size) if isinstance(ev, HostMap) else None)
+                covered = change is not None and not bare and under_open_range([change], open_now)
                 # begun and not committed, or inside fault_commit (it has popped its fault, and
                 # may be preempted before it takes mmu_lock)
                 in_flight = (set(model.faults) | {events[j].fault for j in current_event.values()
                                                   if j is not None and isinstance(events[j], FaultCommit)}
-                             if bare else set())
+                             if bare or covered else set())
                 if swap_at is not None and i == swap_at[0]:
                     model.__class__ = swap_at[1]
                 if dead[0]:
@@ -279,6 +284,9 @@ def run_side(cls_make, events: list[Event], arch: str, apply_event,
                         obs, skipped = model.obs, True
                     elif bare:
                         bare_during.update(in_flight)
+                    elif covered:
+                        for f in in_flight:
+                            changed_during.setdefault(f, []).append(change)
                 pos[task] += 1
                 current_event[task] = None
                 post = model.snapshot()
@@ -295,9 +303,15 @@ def run_side(cls_make, events: list[Event], arch: str, apply_event,
                 r.started_before = tuple(started[:-1])
                 side = SideResult(pre, post, obs, model.host)
                 context = frozenset()
-                if isinstance(ev, FaultCommit) and ev.fault in bare_during:
-                    bare_during.discard(ev.fault)
-                    context = frozenset({"bare-change_pte-during-fault"})
+                if isinstance(ev, FaultCommit):
+                    names = []
+                    if ev.fault in bare_during:
+                        bare_during.discard(ev.fault)
+                        names.append("bare-change_pte-during-fault")
+                    if under_open_range(changed_during.pop(ev.fault, []),
+                                        [(s, e) for _, s, e in model.host.open_invalidations]):
+                        names.append("host-changed-under-open-invalidation")
+                    context = frozenset(names)
                 r.findings = check_side(ev, expect(ev, pre), side, context)
                 sched.point(boundary=True)
             # the task leaves the kernel (a vCPU returns to userspace): its srcu sections end

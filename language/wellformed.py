@@ -10,8 +10,8 @@ docs/ARCHITECTURE.md ("Well-formed traces") gives the kernel reason for each rul
 
 `ALLOWANCES` are rules the kernel's mm also obeys but which the fuzzer deliberately breaks
 because the exploration relies on it (unaligned, empty and wide ranges reach walker corner
-cases; a change_pte outside an invalidation is what v5.13 WARNs about; KVM's aging never
-reads host ptes).  They are named, checked
+cases; a change_pte outside an invalidation is what v5.13 WARNs about, one inside a huge host
+page reaches the huge-leaf paths; KVM's aging never reads host ptes).  They are named, checked
 only with `strict=True`, and what needs them is tagged elsewhere (fuzz.reachability
 "unaligned-only", oracles.reference.trace_contexts "bare-change_pte-during-fault").
 """
@@ -102,6 +102,7 @@ class WalkState:
     open_ranges: list[tuple[int, int, bool]] = field(default_factory=list)   # start, end, blockable
     faults: set[int] = field(default_factory=set)
     host_pages: PageRuns = field(default_factory=PageRuns)    # mapped host pages (numbers)
+    huge_pages: PageRuns = field(default_factory=PageRuns)    # those mapped by a 2M or 1G host page
     released: int | None = None         # index of the release event, once there is one
     range_tasks: list[tuple[str, int, int]] = field(default_factory=list)     # task, start, end
     fault_tasks: dict[int, str] = field(default_factory=dict)
@@ -255,6 +256,17 @@ def _allow_bare_change_pte(st: WalkState, i: int, ev: Event) -> None:
                 "inside one)")
 
 
+def _allow_change_pte_in_huge_page(st: WalkState, i: int, ev: Event) -> None:
+    """set_pte_at_notify replaces one 4K pte (wp_page_copy, KSM, uprobes): a page the host maps
+    with a transparent huge pmd is split first (__split_huge_pmd, with its own invalidation of
+    the whole 2 MiB, after which the host maps 4K ptes), and a hugetlb page never gets one.
+    Allowed: a change_pte inside a huge host page reaches the walkers' huge-leaf handling, and
+    a fault in flight sees no split (its retry check is all that stands in the way)."""
+    if isinstance(ev, ChangePte) and ev.hva // P in st.huge_pages:
+        st.fail(i, ev, "hva", f"{ev.hva:#x} is inside a huge host page (set_pte_at_notify replaces a "
+                "4K pte: the mm splits a huge pmd first, and never calls it on a hugetlb page)")
+
+
 def _allow_unmapped_aging(st: WalkState, i: int, ev: Event) -> None:
     """clear_flush_young, clear_young and test_young come from rmap walks (page_referenced,
     page_idle) and khugepaged over present ptes: their range or address lies on a mapped host
@@ -330,6 +342,7 @@ ALLOWANCES: dict[str, Rule] = {
     "unaligned": _allow_unaligned,
     "empty-range": _allow_empty_range,
     "bare-change_pte": _allow_bare_change_pte,
+    "change_pte-in-huge-page": _allow_change_pte_in_huge_page,
     "unmapped-aging": _allow_unmapped_aging,
     "wide-aging-range": _allow_wide_aging_range,
 }
@@ -365,6 +378,10 @@ def _track_host_pages(st: WalkState, ev: Event) -> None:
             st.host_pages.remove(lo, hi)
         else:
             st.host_pages.add(lo, hi)
+        if ev.pfn is not None and ev.page_size > P:
+            st.huge_pages.add(lo, hi)
+        elif st.huge_pages:
+            st.huge_pages.remove(lo, hi)
 
 
 def _track_release(st: WalkState, ev: Event) -> None:

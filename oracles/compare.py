@@ -164,7 +164,8 @@ def check_side(ev: Event, exp: Expectation | None, side: SideResult,
                context: frozenset[str] = frozenset()) -> list[Finding]:
     """What one side did wrong at `ev`.  `context` tags what the trace did before (the runner
     computes them), so shapes can say why: "bare-change_pte-during-fault" = while this fault
-    was in flight a change_pte came that no open invalidation covered."""
+    was in flight a change_pte came that no open invalidation covered; "host-changed-under-open-
+    invalidation" = the host changed a page under an invalidation still open as it commits."""
     obs, pre, post = side.obs, side.pre, side.post
     out: list[Finding] = []
     if obs.crashed:
@@ -197,7 +198,9 @@ def check_side(ev: Event, exp: Expectation | None, side: SideResult,
                 shape = f"{'fault-installed' if isinstance(ev, FaultCommit) else ev.op}-leaf-outside-memslot"
             elif isinstance(ev, FaultCommit):
                 shape = "fault-installed-stale-pfn" + (
-                    "-after-bare-change_pte" if "bare-change_pte-during-fault" in context else "")
+                    "-after-bare-change_pte" if "bare-change_pte-during-fault" in context
+                    else "-under-open-invalidation" if "host-changed-under-open-invalidation" in context
+                    else "")
             else:
                 shape = f"{ev.op}-left-wrong-pfn" + ("-huge-leaf" if leaf.pages > 1 else "")
             out.append(Finding("stale-mapping", shape, why))

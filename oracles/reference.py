@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 from language.trace import (ChangePte, ClearFlushYoung, ClearYoung, Event, FaultBegin, FaultCommit,
-                        InvalidateRangeEnd, InvalidateRangeStart, TestYoung, notifier_range)
+                        HostMap, InvalidateRangeEnd, InvalidateRangeStart, TestYoung, notifier_range)
 from impls.kvm import State
 from impls.machine import Leaf, SlotList
 
@@ -121,7 +121,7 @@ def covers_page(ranges, hva: int, page: int = 4096) -> bool:
     return any(s <= first and first + page <= e for s, e in ranges)
 
 
-_CONTEXT_BASES = (InvalidateRangeStart, InvalidateRangeEnd, ChangePte, FaultBegin, FaultCommit)
+_CONTEXT_BASES = (InvalidateRangeStart, InvalidateRangeEnd, ChangePte, FaultBegin, FaultCommit, HostMap)
 _CONTEXT_TYPES = frozenset(_CONTEXT_BASES)
 _OTHER_TYPES: set[type] = set()      # event types seen that are none of those (nor subclasses)
 
@@ -131,11 +131,19 @@ def trace_contexts(events: list[Event]) -> list[frozenset[str]]:
 
     "bare-change_pte-during-fault" on a fault_commit: while the fault was in flight a
     change_pte came that no open invalidation covered, which the kernel's mm never does
-    (set_pte_at_notify runs inside an invalidation of that page)."""
+    (set_pte_at_notify runs inside an invalidation of that page).
+
+    "host-changed-under-open-invalidation" on a fault_commit: while the fault was in flight the
+    host changed a page (change_pte, host_map) inside an invalidation that is still open when
+    the fault commits.  The fault must retry (the mm is mid-change there); a leaf it installs
+    anyway maps the page's old pfn, a consequence of the retry check's miss, which x86's
+    hva-based check (mmu_notifier_retry_hva) has for pages of a huge leaf other than the
+    faulting one and for unaligned ranges.  Tagged per fault, not per page."""
     out: list[frozenset[str]] = []
     open_ranges: list[tuple[int, int]] = []
     in_flight: set[int] = set()
     tagged: set[int] = set()
+    changed: dict[int, list[tuple[int, int]]] = {}     # fault -> host ranges changed under an open range
     none: frozenset[str] = frozenset()
     for ev in events:
         tags = none
@@ -143,7 +151,7 @@ def trace_contexts(events: list[Event]) -> list[frozenset[str]]:
         if t not in _CONTEXT_TYPES:
             if t in _OTHER_TYPES:
                 out.append(tags)
-                continue              # none of the five types below: nothing to note
+                continue              # none of the six types below: nothing to note
             if not issubclass(t, _CONTEXT_BASES):
                 _OTHER_TYPES.add(t)
                 out.append(tags)
@@ -152,17 +160,35 @@ def trace_contexts(events: list[Event]) -> list[frozenset[str]]:
             open_ranges.append((ev.start, ev.end))
         elif isinstance(ev, InvalidateRangeEnd) and (ev.start, ev.end) in open_ranges:
             open_ranges.remove((ev.start, ev.end))
-        elif isinstance(ev, ChangePte) and not covers_page(open_ranges, ev.hva):
-            tagged |= in_flight
+        elif isinstance(ev, ChangePte):
+            if not covers_page(open_ranges, ev.hva):
+                tagged |= in_flight
+            elif in_flight:
+                page = ev.hva - ev.hva % 4096
+                for f in in_flight:
+                    changed.setdefault(f, []).append((page, page + 4096))
         elif isinstance(ev, FaultBegin):
             in_flight.add(ev.fault)
         elif isinstance(ev, FaultCommit):
             in_flight.discard(ev.fault)
+            names = []
             if ev.fault in tagged:
                 tagged.discard(ev.fault)
-                tags = frozenset({"bare-change_pte-during-fault"})
+                names.append("bare-change_pte-during-fault")
+            if ev.fault in changed and under_open_range(changed.pop(ev.fault), open_ranges):
+                names.append("host-changed-under-open-invalidation")
+            if names:
+                tags = frozenset(names)
+        elif in_flight and isinstance(ev, HostMap) and under_open_range([(ev.hva, ev.hva + ev.size)], open_ranges):
+            for f in in_flight:
+                changed.setdefault(f, []).append((ev.hva, ev.hva + ev.size))
         out.append(tags)
     return out
+
+
+def under_open_range(changed: list[tuple[int, int]], open_ranges) -> bool:
+    """Does one of the `changed` host ranges intersect one of the open (start, end) ranges?"""
+    return any(lo < e and s < hi for lo, hi in changed for s, e in open_ranges)
 
 
 def leaf_gfns(leaves: list[Leaf]) -> GfnSet:

@@ -368,3 +368,23 @@ def test_show_and_summary_on_every_corpus_trace(tmp_path):
     assert f"{doc['totals']['divergences']} distinct divergences" in text
     assert len(doc["divergences"]) > 50
     assert {d["reachability"] for d in doc["divergences"]} == {ALIGNED, UNALIGNED_ONLY}
+
+
+def test_a_stale_pfn_under_a_still_open_invalidation_is_named_so_and_needs_the_huge_page_change():
+    # x86 v5.13: a fault at gfn 0 of a 2 MiB host page; meanwhile the mm changes page 1 under an
+    # open invalidation of that page only.  The fault's retry check asks about hva 0 alone and
+    # v5.13's change_pte no longer bumps the sequence: the 2M leaf maps page 1's old pfn.  v5.12
+    # retries (its change_pte bumps the sequence).  The kernel splits the pmd before that change.
+    o, n = sides("x86-shadow")
+    frame = [host(HVA, 512, 0x10000, 512 * P), slot(0, 0, 0, 512, HVA)]
+    inv = (HVA + P, HVA + 3 * P)
+    ev = frame + [InvalidateRangeStart(*inv), FaultBegin(0, 0, 0, False), ChangePte(HVA + P, 0x10400, True),
+                  FaultCommit(0), InvalidateRangeEnd(*inv)]
+    res = run_trace(ev, "x86-shadow", o, n, KNOWN)
+    (d,) = [d for d in res.divergences if d.cls == "stale-mapping"]
+    assert (d.shape, d.wrong_side, d.event_index) == ("fault-installed-stale-pfn-under-open-invalidation", "new", 5)
+    assert d.known and "gfn 0x1 maps pfn 0x10001" in d.detail
+    assert reach_and_needs(ev, "x86-shadow", o, n, KNOWN, d.signature) == (ALIGNED, ["change_pte-in-huge-page"])
+    # once that invalidation has ended (sequence bumped) the fault retries: nothing to name
+    closed = ev[:5] + [InvalidateRangeEnd(*inv), FaultCommit(0)]
+    assert not [d for d in run_trace(closed, "x86-shadow", o, n, KNOWN).divergences if d.cls == "stale-mapping"]

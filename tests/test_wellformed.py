@@ -96,6 +96,8 @@ def test_every_rule_and_allowance_has_a_kernel_reason():
     ("bare-change_pte", BASE + [ChangePte(HVA, 0x9000)], "event 4 (change_pte): field hva: 0x7f0000000000 is in no open"),
     ("unmapped-aging", [SLOT, TestYoung(HVA)], "event 1 (test_young): field hva: 0x7f0000000000 is in no mapped"),
     ("wide-aging-range", BASE + [ClearYoung(HVA, HVA + 2 * P)], "event 4 (clear_young): field end:"),
+    ("change_pte-in-huge-page", [HostMap(HVA, 512 * P, 0x10000, 512 * P, True), InvalidateRangeStart(HVA + P, HVA + 2 * P),
+                                 ChangePte(HVA + P, 0x9000)], "event 2 (change_pte): field hva: 0x7f0000001000 is inside a huge"),
 ])
 def test_allowances_pass_by_default_and_fail_strictly(name, events, where):
     assert name in ALLOWANCES
@@ -233,3 +235,18 @@ def test_the_large_vm_profile_ages_whole_1g_pages():
                  and e.end - e.start == G and e.start % G == 0}
     # aging and invalidation draw their ranges alike; both send whole 1 GiB pages
     assert seen & {"clear_young", "clear_flush_young"} and "invalidate_range_start" in seen
+
+
+def test_a_change_pte_in_a_huge_host_page_needs_its_allowance_until_the_page_is_remapped_4k():
+    huge = HostMap(HVA, 512 * P, 0x10000, 512 * P, True)
+    inv = [InvalidateRangeStart(HVA, HVA + 512 * P), InvalidateRangeEnd(HVA, HVA + 512 * P)]
+    cow = [InvalidateRangeStart(HVA + P, HVA + 2 * P), ChangePte(HVA + P, 0x9000), InvalidateRangeEnd(HVA + P, HVA + 2 * P)]
+    assert wellformed.allowances_needed([huge] + cow) == {"change_pte-in-huge-page"}
+    # the split: the mm remaps the frame as 4K ptes inside an invalidation of all of it
+    split = [inv[0], HostMap(HVA, 512 * P, 0x10000, P, True), inv[1]]
+    assert wellformed.allowances_needed([huge] + split + cow) == set()
+    # a 4K page never needed it; the kernel-only generator never makes one
+    assert wellformed.allowances_needed([HOST] + cow) == set()
+    for seed in range(300):
+        events = generate(RandomSource(random.Random(seed)), GenConfig(kernel_only=True))
+        assert "change_pte-in-huge-page" not in wellformed.allowances_needed(events), seed

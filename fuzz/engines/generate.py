@@ -382,10 +382,13 @@ class _Gen:
             # what wp_page_copy / KSM do: start, set_pte_at_notify, end; or change_pte bare.
             # set_pte_at_notify replaces a present pte: the page must be in a mapped region
             hva = self.edge()
-            if not any(r.hva <= hva < r.hva + r.size for r in self.regions):
-                if not self.regions:
+            # kernel_only: a 4K host page (the mm splits a huge pmd before set_pte_at_notify,
+            # and a hugetlb page never gets one)
+            regions = [r for r in self.regions if r.page_size == P] if self.cfg.kernel_only else self.regions
+            if not any(r.hva <= hva < r.hva + r.size for r in regions):
+                if not regions:
                     return
-                r = self.src.choice(self.regions)
+                r = self.src.choice(regions)
                 hva = r.hva + self.src.int(0, r.size // P - 1) * P + (hva % P)
             hva_page = hva - hva % P
             pfn = self.next_pfn
