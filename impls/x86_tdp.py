@@ -15,7 +15,8 @@ What we model
   delete/move zaps every root whole (kvm_mmu_zap_all_fast); the emptied roots stay listed
   (v5.13: marked invalid) until a vCPU of that address space reloads, i.e. the next
   fault_begin there, which frees them and builds a new root.
-* zap_gfn_range: a present leaf that touches [start, end) is zeroed whole (a partly covered
+* zap_gfn_range (the notifier unmap until v5.18's f47e5bbbc92f, then only the other zaps; see
+  X86TdpZapLeafs_f47e5bbbc92f): a present leaf that touches [start, end) is zeroed whole (a partly covered
   huge leaf included); a present non-leaf SPTE is zeroed only when its span lies fully inside
   [start, end), which frees the child table and everything below it: each freed table costs one
   TLB flush in handle_removed_tdp_mmu_page (kvm_flush_remote_tlbs_with_address, a full flush
@@ -561,9 +562,49 @@ class X86TdpUnmapFlush_c7785d85b6c6(X86TdpMmu):
         return zapped
 
 
+class X86TdpZapLeafs_f47e5bbbc92f(X86TdpMmu):
+    """f47e5bbbc92f (v5.18, Sean Christopherson, "KVM: x86/mmu: Zap only TDP MMU leafs in zap
+    range and mmu_notifier unmap"; it re-applies cf3e26427c08 with a flush fix): the notifier
+    unmap calls tdp_mmu_zap_leafs, which zeroes present leaf SPTEs only.  A table wholly inside
+    the range is walked through and left in place, so no handle_removed_tdp_mmu_page runs and
+    none of its per-table flushes; a leaf is zeroed whole when it touches the range (a partly
+    covered huge leaf included), as before.  The result replaces the pending flush (as with
+    c7785d85b6c6).  Yields follow the module's rule.  Applied from v6.8, the first modelled
+    release after v5.18; every later tdp_mmu.c read has this shape."""
+
+    def kvm_tdp_mmu_unmap_gfn_range(self, range: KvmGfnRange, flush: bool) -> bool:
+        # v6.8 arch/x86/kvm/mmu/tdp_mmu.c kvm_tdp_mmu_unmap_gfn_range: every root of the slot's
+        # as_id, invalid ones too; flush = tdp_mmu_zap_leafs(..., may_block, flush)
+        for root in self.roots_of(range.slot.as_id):
+            self.record_call("tdp_mmu_zap_leafs", range.slot, range.start, range.end,
+                             f"root{root.id}" + (" invalid" if root.invalid else ""))
+            flush = self.tdp_mmu_zap_leafs(root, range.start, range.end, range.may_block, flush)
+        return flush
+
+    def tdp_mmu_zap_leafs(self, root: Root, start: int, end: int, can_yield: bool, flush: bool) -> bool:
+        # v6.8 arch/x86/kvm/mmu/tdp_mmu.c tdp_mmu_zap_leafs: walk down to 4K over [start, end),
+        # skip what is not a present leaf, zero the leaf (flush = true); may yield first
+        zeroed_since_yield = 0
+        walk = self.walk_ptes(root, start, end)
+        while (spte := next(walk, None)) is not None:
+            level, gfn = spte
+            if self.spte_kind(root, level, gfn) != "leaf":
+                continue
+            if can_yield and zeroed_since_yield:
+                self.iter_cond_resched(flush)
+                flush = False
+                zeroed_since_yield = 0
+                walk = self.walk_ptes(root, gfn, end)      # tdp_iter_restart, as in zap_gfn_range
+                continue
+            self.zero_spte(root, level, gfn)
+            zeroed_since_yield += 1
+            flush = True
+        return flush
+
+
 # commits after v5.13 that change what this arch's handlers do, from the release that has them
 LATER_OVERRIDES = [("v5.15", X86ShadowSyncPageFlushes_6bc6db000295), ("v5.17", X86TdpUnmapFlush_c7785d85b6c6),
-                   ("v6.19", X86TdpAgingLockless_v6_19)]
+                   ("v5.18", X86TdpZapLeafs_f47e5bbbc92f), ("v6.19", X86TdpAgingLockless_v6_19)]
 
 MODELS = {"x86-tdp": {
     "v5.12": (X86TdpV5_12, ""),

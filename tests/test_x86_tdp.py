@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from language.trace import (ChangePte, ClearFlushYoung, ClearYoung, InvalidateRangeEnd,
                         InvalidateRangeStart, TestYoung)
+from impls.registry import resolve
 from impls.x86_tdp import MODELS, X86TdpV5_12, X86TdpV5_13
 from util import HVA, P, diverge, fault, gfns, handed, host, run_model, slot
 
@@ -352,3 +353,40 @@ def test_a_zap_that_yields_reads_the_sptes_anew_from_the_root():
     assert not any(k[0] == 0 and 0x100 <= k[1] < 0x104 for k in model.leaves)
     # the yields: before 0x102 (the restarted walk finds 0x101 gone) and before 0x103
     assert origins(o) == ["tdp_mmu_iter_cond_resched"] * 2 + ["kvm_flush_remote_tlbs"]
+
+
+# ----- f47e5bbbc92f (v5.18): the notifier unmap zaps leaves only, from v6.8 in our timeline -----
+
+def test_from_v6_8_the_unmap_zaps_leaves_and_keeps_the_table():
+    # the same range as test_whole_table_is_freed_with_its_own_flush: v5.17 zeroes the PDE and
+    # frees its table (one flush for it, then the notifier's); v6.8's tdp_mmu_zap_leafs walks
+    # through the table, zeroes the three 4K leaves, leaves the table, and only the notifier
+    # flushes (flush = true from the first zeroed leaf)
+    ev = [slot(0, 0, 0x200, 0x200, HVA), host(HVA, 0x200, 0x1000)]
+    for g in (0x200, 0x201, 0x203):
+        ev += fault(0, g)
+    ev += [InvalidateRangeStart(HVA, HVA + 0x200 * P)]
+    m, o = last(resolve("x86-tdp", "v5.17"), ev)
+    assert origins(o) == ["handle_removed_tdp_mmu_page", "kvm_flush_remote_tlbs"]
+    assert (2, 0x200) not in m.roots[0].tables
+    m, o = last(resolve("x86-tdp", "v6.8"), ev)
+    assert zapped(o) == [(0, 0x200, 1), (0, 0x201, 1), (0, 0x203, 1)]
+    assert (2, 0x200) in m.roots[0].tables
+    assert [h for h, *_ in hooks(o) if h.startswith("tdp")] == ["tdp_mmu_zap_leafs"]
+    # the two yields of the module's rule (before 0x201 and 0x203) each flush what is pending
+    assert origins(o) == ["tdp_mmu_iter_cond_resched"] * 2 + ["kvm_flush_remote_tlbs"]
+
+
+def test_from_v6_8_an_empty_table_costs_no_flush():
+    # test_empty_table_still_costs_flushes on v6.8: nothing is zeroed (the empty table is no
+    # leaf), so no flush at all, and the spurious flush v5.12..v5.17 show is gone
+    ev = [slot(0, 0, 0x200, 0x200, HVA), host(HVA, 0x200, 0x1000)]
+    for g in (0x200, 0x201, 0x203):
+        ev += fault(0, g)
+    ev += [InvalidateRangeStart(HVA, HVA + 4 * P), InvalidateRangeEnd(HVA, HVA + 4 * P),
+           InvalidateRangeStart(HVA, HVA + 0x200 * P)]
+    for version in ("v6.8", "v6.10", "v6.19"):
+        _, o = last(resolve("x86-tdp", version), ev)
+        assert o.zapped == [] and origins(o) == [], version
+    _, o = last(resolve("x86-tdp", "v5.17"), ev)
+    assert origins(o) == ["handle_removed_tdp_mmu_page", "kvm_flush_remote_tlbs"]
