@@ -303,3 +303,19 @@ def test_x86_mainline_ages_without_the_walkers_lock_and_elides_the_flush(arch, l
         else:
             # the legacy MMU's rmap pass takes mmu_lock itself; the TDP MMU ages locklessly
             assert obs.lock_taken == locked and obs.flushes == []
+
+
+def test_only_change_pte_names_a_skipped_invalid_slot():
+    # the oracle's invalid-slot-skipped shape is what kvm_change_spte_gfn does (2230f9e1171a);
+    # an aging handler that hands a slot nothing does so for its own reasons, even when that
+    # slot happens to be INVALID, and keeps that reason's shape
+    from impls.observation import Observation
+    m = make("arm64", "v6.8")
+    run(m, HostMap(H, 4 * P, 0x1000), SetMemoryRegion(0, 0, 0, 0x100 * P, 4 * P, H))
+    apply_event(m, InvalidateRangeStart(H, H + P))
+    m.memslots.mark_invalid(m.memslots.in_as(0)[0])
+    pre = m.snapshot()
+    for ev, shape in ((ChangePte(H, 0x2000), "invalid-slot-skipped"), (ClearYoung(H, H + P), "no-gfns")):
+        nothing = Observation(ev.op)                        # handed no gfns at all
+        found = check_side(ev, expect(ev, pre), SideResult(pre, pre, nothing, m.host))
+        assert [f.shape for f in found if f.cls == "gfn-set-mismatch"] == [shape], ev.op
