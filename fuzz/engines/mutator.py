@@ -11,7 +11,7 @@ one structural mutation chosen by `seed`, and re-encodes it as a JSON trace:
     alias      point a slot's userspace_addr at another slot's (or add a slot that does)
     split      one slot into two adjacent slots (same gfn and hva ranges in all)
 
-A quarter of the calls (REGENERATE) instead return a new trace from the random engine's
+Half of the calls (REGENERATE) instead return a new trace from the random engine's
 generator (fuzz.engines.generate with the target's GenConfig): libFuzzer's coverage then keeps
 the ones that reach new code, so the engine sees at least the variety `run` does.
 
