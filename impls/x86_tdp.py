@@ -44,31 +44,16 @@ the RCU-deferred freeing of tables.
 """
 from __future__ import annotations
 
-import bisect
-from dataclasses import dataclass, field
-
 from .kvm import PendingFault
 from .kvm_main_v5_13 import KvmGfnRange
-from .machine import KVM_MEM_READONLY, LEVEL_1G, LEVEL_4K, HostPte, Leaf, pages_per_level
+from .machine import KVM_MEM_READONLY, LEVEL_4K, HostPte, Leaf, pages_per_level
+from .tdp_iter import ROOT_LEVEL, Root, TdpIter
 from .x86_shadow import X86ShadowMmu, X86ShadowSyncPageFlushes_6bc6db000295, X86ShadowV5_12, X86ShadowV5_13
 
-ROOT_LEVEL = 4                    # PT64_ROOT_4LEVEL: a 4-level EPT/NPT root
 MAX_GFN = 1 << (52 - 12)          # 1 << (shadow_phys_bits - PAGE_SHIFT) on a 52-bit host: whole root
 
 
-@dataclass
-class Root:
-    """One TDP MMU root: its address space (role.smm), role.invalid (v5.13 fast zap), whether
-    its vCPU still has to reload (KVM_REQ_MMU_RELOAD pending), and its present non-leaf SPTEs
-    as (level of the SPTE, first gfn it spans)."""
-    id: int
-    as_id: int
-    invalid: bool = False
-    stale: bool = False
-    tables: set[tuple[int, int]] = field(default_factory=set)
-
-
-class X86TdpMmu(X86ShadowMmu):
+class X86TdpMmu(TdpIter, X86ShadowMmu):
     """What both versions share: roots, the TDP paging structure, zap/age/set-spte bodies."""
     arch = "x86-tdp"
 
@@ -77,12 +62,6 @@ class X86TdpMmu(X86ShadowMmu):
         super().__init__()
         self.roots: list[Root] = []          # kvm->arch.tdp_mmu_roots, head first
         self._next_root_id = 0
-
-    # ----- sizes -----------------------------------------------------------------------------
-    def span(self, level: int) -> int:
-        """KVM_PAGES_PER_HPAGE for levels 1-4."""
-        # v5.12 arch/x86/include/asm/kvm_host.h KVM_PAGES_PER_HPAGE
-        return 1 << (9 * (level - 1))
 
     # ----- the legacy rmap pass: always runs, finds every head empty --------------------------
     def rmap_head(self, slot, level, index):
@@ -130,73 +109,7 @@ class X86TdpMmu(X86ShadowMmu):
             if (level, gfn) in root.tables:
                 self.handle_removed_table(root, level, gfn)
 
-    # ----- the paging structure ----------------------------------------------------------------
-    def spte_kind(self, root: Root, level: int, gfn: int) -> str | None:
-        """'leaf', 'table' or None (not present) for the SPTE of `level` at aligned `gfn`."""
-        # v5.12 arch/x86/kvm/mmu/spte.h is_shadow_present_pte / is_last_spte
-        if level <= LEVEL_1G and (root.as_id, gfn, level) in self.leaves:
-            return "leaf"
-        if (level, gfn) in root.tables:
-            return "table"
-        return None
-
-    def present_at(self, root: Root, level: int) -> list[int]:
-        """Sorted gfns of the present SPTEs of one level."""
-        # v5.12 arch/x86/kvm/mmu/tdp_iter.c tdp_iter_refresh_sptep (the SPTEs the iterator reads)
-        out = {g for lv, g in root.tables if lv == level}
-        if level <= LEVEL_1G:
-            out |= {k[1] for k in self.leaves if k[0] == root.as_id and k[2] == level}
-        return sorted(out)
-
-    def present_by_level(self, root: Root) -> dict[int, list[int]]:
-        """present_at for every level 1..ROOT_LEVEL, from one pass over the tables and one over
-        the leaves (the same lists as calling present_at per level)."""
-        out: dict[int, set[int]] = {lv: set() for lv in range(ROOT_LEVEL, 0, -1)}
-        for lv, g in root.tables:
-            out[lv].add(g)
-        as_id = root.as_id
-        for a, g, lv in self.leaves:
-            if a == as_id and lv <= LEVEL_1G:
-                out[lv].add(g)
-        return {lv: sorted(gs) for lv, gs in out.items()}
-
-    def walk_ptes(self, root: Root, start: int, end: int):
-        """Yield (level, gfn) of the present SPTEs the TDP iterator visits over [start, end), in
-        pre-order; after each yield the caller may have zeroed the SPTE, and the walk descends
-        only into what is still a present table.
-
-        v5.12 arch/x86/kvm/mmu/tdp_iter.c tdp_iter_start / tdp_iter_next: the first SPTE of each
-        level is the one containing start; the walk goes on while the SPTE's aligned gfn < end.
-        Non-present SPTEs are skipped here: every handler we model does nothing on them."""
-        # v5.12 arch/x86/kvm/mmu/tdp_iter.h for_each_tdp_pte
-        if start >= end:
-            return
-        index = self.present_by_level(root)
-        # the recursion of the iterator's levels as an explicit stack of frames
-        # [level, present gfns of the level, next position, stop gfn, pages per SPTE]: the same
-        # visits in the same order as nested generators, without a generator per table
-        span, spte_kind, bisect_left = self.span, self.spte_kind, bisect.bisect_left
-
-        def frame(level: int, lo: int, hi: int) -> list:
-            n = span(level)
-            gfns = index[level]
-            return [level, gfns, bisect_left(gfns, max(lo, start - start % n)), min(hi, end), n]
-
-        stack = [frame(ROOT_LEVEL, 0, span(ROOT_LEVEL + 1))]
-        while stack:
-            f = stack[-1]
-            level, gfns, i, stop, n = f
-            if i >= len(gfns) or gfns[i] >= stop:
-                stack.pop()
-                continue
-            g = gfns[i]
-            f[2] = i + 1
-            if spte_kind(root, level, g) is None:
-                continue
-            yield level, g
-            if level > LEVEL_4K and spte_kind(root, level, g) == "table":
-                stack.append(frame(level - 1, g, g + n))
-
+    # ----- the paging structure: reads in impls/tdp_iter.py (TdpIter), changes here --------
     def handle_removed_table(self, root: Root, level: int, gfn: int, shared: bool = False) -> None:
         # v5.12 arch/x86/kvm/mmu/tdp_mmu.c handle_removed_tdp_mmu_page: the table under the
         # level-`level` SPTE at gfn is unlinked; each present child goes through the change

@@ -191,11 +191,12 @@ def _env_bool(env: Mapping[str, str], name: str, default: bool) -> bool:
 INSTRUMENT_PACKAGES = {"models": ["impls", "oracles"], "imports": ["language", "impls", "oracles", "fuzz"]}
 # what "models" leaves out: data structures and bookkeeping, whose branches say how a lookup
 # or a record went, not what a version of the kernel did (the host page table and memslot
-# index, the primitives every model shares in impls/kvm.py, observations, the task scheduler,
-# gfn sets, the reference's expectations, the known-list matcher).  Left in: the generic layer
+# index, the TDP MMU's paging-structure reads and iterator, the primitives every model shares
+# in impls/kvm.py, observations, the task scheduler, gfn sets, the reference's expectations,
+# the known-list matcher).  Left in: the generic layer
 # of each version (impls/kvm_main_*), the arch handlers, and the comparison's classes and
 # shapes, whose new branches are new kinds of divergence
-INSTRUMENT_EXCLUDE = {"models": ["impls.machine", "impls.kvm", "impls.observation", "impls.tasks",
+INSTRUMENT_EXCLUDE = {"models": ["impls.machine", "impls.tdp_iter", "impls.kvm", "impls.observation", "impls.tasks",
                                  "impls.registry", "oracles.gfnset", "oracles.reference", "oracles.triage"]}
 INSTRUMENT_MODES = ("models", "imports", "all", "none")
 
