@@ -149,13 +149,24 @@ class X86TdpMmu(TdpIter, X86ShadowMmu):
                       shared: bool = False) -> bool:
         # v5.12 arch/x86/kvm/mmu/tdp_mmu.c zap_gfn_range (v5.13 adds `shared`): zero present
         # leaves touching [start, end) and non-leaves wholly inside it; yield per the rule above
+        def keeps(level: int, gfn: int, kind: str) -> bool:
+            # a table that sticks out of the range: zap below it instead
+            return kind == "table" and (gfn < start or gfn + self.span(level) > end)
+        return self.zap_walk(root, start, end, can_yield, flush, shared, keeps)
+
+    def zap_walk(self, root: Root, start: int, end: int, can_yield: bool, flush: bool,
+                 shared: bool, keeps) -> bool:
+        """The loop zap_gfn_range and tdp_mmu_zap_leafs share: walk the present SPTEs of
+        [start, end), zero each one `keeps(level, gfn, kind)` does not keep (a zeroed table
+        takes its subtree with it), yielding first per the module's rule; returns the flush
+        still owed (a shared zap flushes each SPTE itself, tdp_mmu_zap_spte_atomic)."""
+        # v5.12 arch/x86/kvm/mmu/tdp_mmu.c zap_gfn_range loop body; v6.8 tdp_mmu_zap_leafs
         zeroed_since_yield = 0
         walk = self.walk_ptes(root, start, end)
         while (spte := next(walk, None)) is not None:
             level, gfn = spte
-            kind = self.spte_kind(root, level, gfn)
-            if kind == "table" and (gfn < start or gfn + self.span(level) > end):
-                continue        # sticks out of the range: zap below it instead
+            if keeps(level, gfn, self.spte_kind(root, level, gfn)):
+                continue
             if can_yield and zeroed_since_yield:
                 self.iter_cond_resched(flush)
                 flush = False
@@ -497,22 +508,8 @@ class X86TdpZapLeafs_f47e5bbbc92f(X86TdpMmu):
     def tdp_mmu_zap_leafs(self, root: Root, start: int, end: int, can_yield: bool, flush: bool) -> bool:
         # v6.8 arch/x86/kvm/mmu/tdp_mmu.c tdp_mmu_zap_leafs: walk down to 4K over [start, end),
         # skip what is not a present leaf, zero the leaf (flush = true); may yield first
-        zeroed_since_yield = 0
-        walk = self.walk_ptes(root, start, end)
-        while (spte := next(walk, None)) is not None:
-            level, gfn = spte
-            if self.spte_kind(root, level, gfn) != "leaf":
-                continue
-            if can_yield and zeroed_since_yield:
-                self.iter_cond_resched(flush)
-                flush = False
-                zeroed_since_yield = 0
-                walk = self.walk_ptes(root, gfn, end)      # tdp_iter_restart, as in zap_gfn_range
-                continue
-            self.zero_spte(root, level, gfn)
-            zeroed_since_yield += 1
-            flush = True
-        return flush
+        return self.zap_walk(root, start, end, can_yield, flush, False,
+                             lambda level, gfn, kind: kind != "leaf")
 
 
 # commits after v5.13 that change what this arch's handlers do, from the release that has them

@@ -134,14 +134,20 @@ def test_partially_covered_huge_leaf_is_aged_whole():
         assert m.leaves[(0, 0x200, 2)].young is False
 
 
+def one_table_three_leaves():
+    """as0 slot [0x200, 0x400) at HVA, 4K host pages, with 4K leaves at 0x200, 0x201 and 0x203:
+    one level-1 table, under the PDE (level 2, gfn 0x200) that spans the whole slot."""
+    ev = [slot(0, 0, 0x200, 0x200, HVA), host(HVA, 0x200, 0x1000)]
+    for g in (0x200, 0x201, 0x203):
+        ev += fault(0, g)
+    return ev
+
+
 def test_whole_table_is_freed_with_its_own_flush():
     # slot [0x200, 0x400) with 4K leaves at 0x200, 0x201, 0x203: the PDE (level 2, gfn 0x200)
     # lies wholly inside [0x200, 0x400), so it is zeroed as one SPTE: its table is freed by
     # handle_removed_tdp_mmu_page (leaves zapped, one flush), then the notifier's final flush
-    ev = [slot(0, 0, 0x200, 0x200, HVA), host(HVA, 0x200, 0x1000)]
-    for g in (0x200, 0x201, 0x203):
-        ev += fault(0, g)
-    ev += [InvalidateRangeStart(HVA, HVA + 0x200 * P)]
+    ev = one_table_three_leaves() + [InvalidateRangeStart(HVA, HVA + 0x200 * P)]
     for cls in BOTH:
         m, o = last(cls, ev)
         assert zapped(o) == [(0, 0x200, 1), (0, 0x201, 1), (0, 0x203, 1)]
@@ -153,11 +159,8 @@ def test_empty_table_still_costs_flushes():
     # zapping [0x200, 0x204) zeroes the three 4K leaves but keeps their (now empty) table;
     # a later range covering the table zeroes the PDE: flush=true and a freed-table flush,
     # with nothing unmapped
-    ev = [slot(0, 0, 0x200, 0x200, HVA), host(HVA, 0x200, 0x1000)]
-    for g in (0x200, 0x201, 0x203):
-        ev += fault(0, g)
-    ev += [InvalidateRangeStart(HVA, HVA + 4 * P), InvalidateRangeEnd(HVA, HVA + 4 * P),
-           InvalidateRangeStart(HVA, HVA + 0x200 * P)]
+    ev = one_table_three_leaves() + [InvalidateRangeStart(HVA, HVA + 4 * P), InvalidateRangeEnd(HVA, HVA + 4 * P),
+                                     InvalidateRangeStart(HVA, HVA + 0x200 * P)]
     for cls in BOTH:
         _, o = last(cls, ev)
         assert o.zapped == []
@@ -362,10 +365,7 @@ def test_from_v6_8_the_unmap_zaps_leaves_and_keeps_the_table():
     # frees its table (one flush for it, then the notifier's); v6.8's tdp_mmu_zap_leafs walks
     # through the table, zeroes the three 4K leaves, leaves the table, and only the notifier
     # flushes (flush = true from the first zeroed leaf)
-    ev = [slot(0, 0, 0x200, 0x200, HVA), host(HVA, 0x200, 0x1000)]
-    for g in (0x200, 0x201, 0x203):
-        ev += fault(0, g)
-    ev += [InvalidateRangeStart(HVA, HVA + 0x200 * P)]
+    ev = one_table_three_leaves() + [InvalidateRangeStart(HVA, HVA + 0x200 * P)]
     m, o = last(resolve("x86-tdp", "v5.17"), ev)
     assert origins(o) == ["handle_removed_tdp_mmu_page", "kvm_flush_remote_tlbs"]
     assert (2, 0x200) not in m.roots[0].tables
@@ -380,11 +380,8 @@ def test_from_v6_8_the_unmap_zaps_leaves_and_keeps_the_table():
 def test_from_v6_8_an_empty_table_costs_no_flush():
     # test_empty_table_still_costs_flushes on v6.8: nothing is zeroed (the empty table is no
     # leaf), so no flush at all, and the spurious flush v5.12..v5.17 show is gone
-    ev = [slot(0, 0, 0x200, 0x200, HVA), host(HVA, 0x200, 0x1000)]
-    for g in (0x200, 0x201, 0x203):
-        ev += fault(0, g)
-    ev += [InvalidateRangeStart(HVA, HVA + 4 * P), InvalidateRangeEnd(HVA, HVA + 4 * P),
-           InvalidateRangeStart(HVA, HVA + 0x200 * P)]
+    ev = one_table_three_leaves() + [InvalidateRangeStart(HVA, HVA + 4 * P), InvalidateRangeEnd(HVA, HVA + 4 * P),
+                                     InvalidateRangeStart(HVA, HVA + 0x200 * P)]
     for version in ("v6.8", "v6.10", "v6.19"):
         _, o = last(resolve("x86-tdp", version), ev)
         assert o.zapped == [] and origins(o) == [], version
