@@ -64,6 +64,13 @@ def save(entry: CorpusEntry, directory: Path, by_arch: bool = True) -> Path:
     return path
 
 
+def noted_signature(note: str) -> str:
+    """The signature an engine saved an entry for, from its note ("found by memslot-fuzz run
+    (seed 7): SIG", "met by memslot-fuzz atheris: SIG"): everything after the note's first
+    ": ", since a signature's shape may itself hold one ("BUG() in __handle_changed_spte: ...")."""
+    return note.partition(": ")[2]
+
+
 def signature_name(signature: str) -> str:
     """The file name of the one entry a run saves for a divergence signature."""
     return hashlib.sha256(signature.encode()).hexdigest()[:16] + ".json"

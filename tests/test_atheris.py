@@ -287,3 +287,26 @@ def test_known_divergences_are_left_to_the_launcher_and_minimized_there(tmp_path
     for d, path in met:
         entry = corpus.load(path)
         assert d.signature in entry.expect and len(entry.events) <= len(next(e for e, s in run.pending if s == d.signature))
+
+
+def test_a_known_divergence_whose_shape_holds_a_colon_survives_the_launcher(tmp_path):
+    """The target leaves a known divergence in the pending directory with a note ending in its
+    signature; x86-tdp's BUG() shape has ": " inside, and cutting the note at its last ": "
+    lost the signature, so finish_pending could not reproduce it and the run dropped it."""
+    from fuzz.engines.atheris_engine import AtherisRun, _read_pending, finish_pending
+    from fuzz.engines.random_engine import Job
+    src = corpus.load(Path(__file__).resolve().parent.parent / "corpus" / "x86-tdp" / "d4880f05ba3f66fb.json")
+    sig = next(s for s in src.expect if "BUG() in __handle_changed_spte: " in s)
+    pending = tmp_path / "pending"
+    pending.mkdir()
+    entry = corpus.CorpusEntry(src.arch, src.old, src.new, [sig], src.events,
+                               note=f"met by memslot-fuzz atheris: {sig}")    # as atheris_target writes it
+    (pending / corpus.signature_name(sig)).write_text(entry.dumps())
+    run = AtherisRun()
+    run.pending = _read_pending(pending, run)
+    assert [s for _, s in run.pending] == [sig]
+    job = Job(src.arch, Side(src.old, registry.resolve(src.arch, src.old)),
+              Side(src.new, registry.resolve(src.arch, src.new)), 0.0, 0, tmp_path / "out", minimize_seconds=0.0)
+    met = finish_pending(run, job, load_known(), budget=0.0)
+    assert [d.signature for d, _ in met] == [sig]
+    assert corpus.noted_signature(corpus.load(met[0][1]).note) == sig

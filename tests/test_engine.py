@@ -83,7 +83,7 @@ def test_ctrl_c_stops_cleanly_with_summary(tmp_path):
 
 def saved_for(path: Path) -> str:
     """The signature a run saved this file for (its note ends with it)."""
-    return corpus.load(path).note.rpartition(": ")[2]
+    return corpus.noted_signature(corpus.load(path).note)
 
 
 def test_two_workers_finding_the_same_divergences_leave_one_file_per_signature(tmp_path):

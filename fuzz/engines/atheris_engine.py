@@ -410,7 +410,7 @@ def _read_pending(pending: Path, res: AtherisRun) -> list[tuple[list[Event], str
             entry = corpus.load(p)
         except TraceError:
             continue
-        sig = entry.note.rpartition(": ")[2]
+        sig = corpus.noted_signature(entry.note)
         if sig and sig not in saved:
             out.append((entry.events, sig))
     return out
@@ -558,7 +558,7 @@ def load_results(paths: list[Path], known, signatures: Mapping[Path, str] | None
                          Side(entry.new, registry.resolve(entry.arch, entry.new)), known).divergences
         if not divs:
             continue
-        want = (signatures or {}).get(p) or entry.note.rpartition(": ")[2]
+        want = (signatures or {}).get(p) or corpus.noted_signature(entry.note)
         d = next((x for x in divs if x.signature == want), None) or \
             next((x for x in divs if not x.known), divs[0])
         d.trace = entry.events
