@@ -5,7 +5,7 @@ what else runs, so every ratio is taken between figures measured in this same ru
 is asserted.
 
     .venv/bin/python bench/atheris_speed.py [--seconds 30] [--arch x86-shadow ...] \
-        [--instrument models imports all none]
+        [--instrument models imports all none] [--trace-cmp off|on|both]
 
 Per architecture (v5.12 vs v5.13, RISC-V v5.17 vs v6.19), alternately:
 * atheris, once per `--instrument` mode (fuzz.engines.atheris_engine.run_atheris_stats, one job,
@@ -16,8 +16,10 @@ Per architecture (v5.12 vs v5.13, RISC-V v5.17 vs v6.19), alternately:
 * the random engine for the same fuzzing seconds (fuzz.engines.random_engine.run_job, seed 1),
   with minimization off (minimize_budget 0: a signature is saved as found), so both columns are
   fuzzing only: events/s and distinct signatures.
-`ratio` is atheris events/s over random events/s; `found_vs_random` lists what random found
-that atheris did not, per mode.
+`--trace-cmp` (default on, the engine's default): atheris' comparison tracing
+(TargetConfig.trace_cmp) on, off, or both, each a row of its own ("atheris_models" and
+"atheris_models-cmp").  `ratio` is atheris events/s over random events/s; `found_vs_random`
+lists what random found that atheris did not, per row.
 """
 from __future__ import annotations
 
@@ -39,11 +41,12 @@ from impls import registry                                     # noqa: E402
 from oracles.triage import load_known                          # noqa: E402
 
 
-def atheris_once(arch: str, old: str, new: str, seconds: float, instrument: str) -> dict:
+def atheris_once(arch: str, old: str, new: str, seconds: float, instrument: str, trace_cmp: bool) -> dict:
     with tempfile.TemporaryDirectory() as out:
         t0 = time.process_time()
         run = run_atheris_stats(arch, old, new, seconds, Path(out), seed_dirs=[ROOT / "corpus" / "seeds"],
-                                save_known=True, minimize_seconds=0.0, instrument=instrument)
+                                save_known=True, minimize_seconds=0.0, instrument=instrument,
+                                trace_cmp=trace_cmp)
         sigs = set(run.signatures.values()) | {s for _, s in run.pending}
         loop = run.events / run.events_per_second if run.events_per_second else 0.0
         return {"events": run.events, "traces": run.execs, "wall_seconds": round(run.seconds, 2),
@@ -70,19 +73,22 @@ def main() -> None:
     ap.add_argument("--arch", nargs="*", default=None)
     # default: the engine's own default scope, so the bench measures what `run --engine atheris` runs
     ap.add_argument("--instrument", nargs="*", default=[TargetConfig.instrument], choices=list(INSTRUMENT_MODES))
+    ap.add_argument("--trace-cmp", choices=("off", "on", "both"),
+                    default="on" if TargetConfig.trace_cmp else "off")
     args = ap.parse_args()
+    cmps = {"off": [False], "on": [True], "both": [False, True]}[args.trace_cmp]
     known = load_known()
     out = {"seconds": args.seconds, "arches": {}}
     for arch in args.arch or registry.implemented_arches():
         old, new = registry.default_pair(arch)
         row = {"versions": f"{old}..{new}", "random": random_once(arch, old, new, args.seconds, known)}
-        for mode in args.instrument:
-            a = atheris_once(arch, old, new, args.seconds, mode)
+        for mode, cmp in ((m, c) for m in args.instrument for c in cmps):
+            a = atheris_once(arch, old, new, args.seconds, mode, cmp)
             rnd = row["random"]
             a["ratio"] = round(a["events_per_second"] / rnd["events_per_second"], 3) if rnd["events_per_second"] else None
             a["found_vs_random"] = {"random_only": sorted(set(rnd["signatures"]) - set(a["signatures"])),
                                     "atheris_only": len(set(a["signatures"]) - set(rnd["signatures"]))}
-            row[f"atheris_{mode}"] = a
+            row[f"atheris_{mode}" + ("" if cmp else "-cmp")] = a
         for v in row.values():
             if isinstance(v, dict) and "signatures" in v:
                 v["distinct"] = len(v.pop("signatures"))

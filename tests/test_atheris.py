@@ -5,6 +5,7 @@ import json
 import os
 import random
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -310,3 +311,39 @@ def test_a_known_divergence_whose_shape_holds_a_colon_survives_the_launcher(tmp_
     met = finish_pending(run, job, load_known(), budget=0.0)
     assert [d.signature for d, _ in met] == [sig]
     assert corpus.noted_signature(corpus.load(met[0][1]).note) == sig
+
+
+def test_comparisons_are_traced_only_when_configured(tmp_path, monkeypatch):
+    """MEMSLOT_FUZZ_TRACE_CMP: branches are always instrumented, comparisons unless it is 0,
+    for our modules (the import hook) and a candidate's own methods alike."""
+    assert TargetConfig().trace_cmp is True and TargetConfig.from_env({}).trace_cmp is True
+    off = TargetConfig.from_env({"MEMSLOT_FUZZ_TRACE_CMP": "0"})
+    assert not off.trace_cmp and TargetConfig.from_env(off.to_env()) == off
+    with pytest.raises(TargetConfigError, match="MEMSLOT_FUZZ_TRACE_CMP='maybe'"):
+        TargetConfig.from_env({"MEMSLOT_FUZZ_TRACE_CMP": "maybe"})
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("memslot_atheris_target", TARGET)
+    target = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(target)
+
+    from impls.x86_shadow import X86ShadowV5_13
+
+    def names(trace_cmp: bool) -> tuple[str, ...]:
+        class Candidate(X86ShadowV5_13):
+            def kvm_unmap_gfn_range(self, rng):
+                return rng.start < rng.end
+        Candidate.__module__ = "my_patch"
+        target._instrument_candidate(Candidate, trace_cmp)
+        return Candidate.kvm_unmap_gfn_range.__code__.co_names
+    assert "_trace_branch" in names(False) and "_trace_cmp" not in names(False)
+    assert {"_trace_branch", "_trace_cmp"} <= set(names(True))
+    pkg = tmp_path / "cmp_probe"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("def less(a, b):\n    if a < b:\n        return 1\n    return 0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for trace_cmp in (False, True):
+        monkeypatch.delitem(sys.modules, "cmp_probe", raising=False)
+        with target._instrument_imports(["cmp_probe"], [], trace_cmp):
+            import cmp_probe
+        assert "_trace_branch" in cmp_probe.less.__code__.co_names
+        assert ("_trace_cmp" in cmp_probe.less.__code__.co_names) is trace_cmp

@@ -29,15 +29,25 @@ class DivergenceFound(Exception):
     """A divergence not on the known list: libFuzzer's crash."""
 
 
-def _instrument_candidate(cls) -> None:
-    """Candidates loaded from a file bypass the import hook: instrument their own functions."""
+def _instrument_candidate(cls, trace_cmp: bool) -> None:
+    """Candidates loaded from a file bypass the import hook: instrument their own functions,
+    as the hook instruments ours."""
     import inspect
+    from atheris.instrument_bytecode import patch_code
     for klass in cls.__mro__:
         if klass.__module__.startswith(("impls.", "oracles.", "fuzz.", "builtins")):
             continue
         for value in vars(klass).values():
             if inspect.isfunction(value):
-                atheris.instrument_func(value)
+                value.__code__ = patch_code(value.__code__, trace_dataflow=trace_cmp)
+
+
+def _instrument_imports(include: list[str], exclude: list[str], trace_cmp: bool):
+    """atheris.instrument_imports, with comparison tracing as configured (atheris' own always
+    traces them; this is its import hook, HookManager, as it builds one, atheris==3.0.0)."""
+    from atheris.import_hook import HookManager
+    return HookManager({name.split(".")[0] for name in include}, set(exclude),
+                       enable_loader_override=True, trace_dataflow=trace_cmp)
 
 
 def _setup():
@@ -45,9 +55,11 @@ def _setup():
     # or it is not instrumented ("imports": every package of ours; "models": impls and oracles
     # only, which fuzz.engines.atheris_engine does not import).
     instrument = os.environ.get("MEMSLOT_FUZZ_INSTRUMENT", "") or "models"
+    # as TargetConfig.from_env reads it below (which also refuses a bad value)
+    trace_cmp = os.environ.get("MEMSLOT_FUZZ_TRACE_CMP", "").strip().lower() not in ("0", "false", "no", "off")
     if instrument == "imports":
         with contextlib.redirect_stderr(io.StringIO()):       # "INFO: Instrumenting <module>"
-            with atheris.instrument_imports(include=["language", "impls", "oracles", "fuzz"]):
+            with _instrument_imports(["language", "impls", "oracles", "fuzz"], [], trace_cmp):
                 import fuzz.engines.atheris_engine  # noqa: F401
     elif instrument == "models":                              # the harness stays uninstrumented
         import fuzz.engines.atheris_engine  # noqa: F401
@@ -73,15 +85,15 @@ def _setup():
     try:
         if cfg.instrument in INSTRUMENT_PACKAGES:
             with contextlib.redirect_stderr(io.StringIO()):
-                with atheris.instrument_imports(include=INSTRUMENT_PACKAGES[cfg.instrument],
-                                                exclude=INSTRUMENT_EXCLUDE.get(cfg.instrument, [])):
+                with _instrument_imports(INSTRUMENT_PACKAGES[cfg.instrument],
+                                         INSTRUMENT_EXCLUDE.get(cfg.instrument, []), cfg.trace_cmp):
                     old, new, known = load()
         else:
             old, new, known = load()
         for side in (old, new):
             side.make()                       # a constructor that raises is a config error
             if cfg.instrument in INSTRUMENT_PACKAGES:
-                _instrument_candidate(side.cls)
+                _instrument_candidate(side.cls, cfg.trace_cmp)
         if cfg.instrument == "all":
             atheris.instrument_all()
     except Exception as e:                    # ModelLoadError, CandidateError, KnownListError
