@@ -222,10 +222,11 @@ class TargetConfig:
     pending_dir: Path | None = None     # known divergences go here unminimized (the launcher minimizes)
     # Comparisons are traced by default, as atheris.instrument_imports does.  The input reaches
     # the models only through the generator or a JSON trace, so a compared value copied from
-    # libFuzzer's compare dictionary seldom meets its comparison again, yet in 30 s runs with
-    # tracing on atheris found as many distinct signatures or more on 7 of 8 arches, and 48
-    # against 42 in two more pairs of runs on ppc-hv-hash; off, it ran 1.5-14% more events/s
-    # (bench/atheris_speed.py --trace-cmp both).  Finding things is the point, so on it stays.
+    # libFuzzer's compare dictionary seldom meets its comparison again.  Off, the loop ran
+    # 1.5-14% more events/s per arch in a quiet 30 s run of every arch; the distinct signatures
+    # found differed by a few either way between runs, except on ppc-hv-hash, where tracing
+    # found more in three pairs of runs out of four (30/23, 22/23, 26/19, 22/21; bench/
+    # atheris_speed.py --trace-cmp both).  Finding things is the point, so on it stays.
     trace_cmp: bool = True
 
     @classmethod
