@@ -64,10 +64,18 @@ def save(entry: CorpusEntry, directory: Path, by_arch: bool = True) -> Path:
     return path
 
 
+def signature_note(source: str, signature: str) -> str:
+    """The note of an entry an engine saves for one signature: "<source>: <signature>"
+    ("found by memslot-fuzz run (seed 7): SIG").  `source` holds no ": ", so noted_signature
+    reads the signature back whole even when its shape holds one."""
+    if ": " in source:
+        raise ValueError(f"note source {source!r} holds ': '")
+    return f"{source}: {signature}"
+
+
 def noted_signature(note: str) -> str:
-    """The signature an engine saved an entry for, from its note ("found by memslot-fuzz run
-    (seed 7): SIG", "met by memslot-fuzz atheris: SIG"): everything after the note's first
-    ": ", since a signature's shape may itself hold one ("BUG() in __handle_changed_spte: ...")."""
+    """The signature of a note signature_note wrote: everything after its first ": " (a
+    shape may hold one of its own: "BUG() in __handle_changed_spte: ...")."""
     return note.partition(": ")[2]
 
 

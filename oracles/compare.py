@@ -121,9 +121,9 @@ def gfn_shape(got: GfnSet, want: GfnSet, segments: list[Segment]) -> str:
 
 
 def only_invalid_slots_missed(got: GfnSet, exp: Expectation, slots: list[Memslot]) -> bool:
-    """The handlers got some of the reference and nothing else, and what they missed is exactly the whole
-    segments of slots flagged KVM_MEMSLOT_INVALID (a DELETE or MOVE of them in progress, which
-    only a memslot ioctl preempted in task mode leaves visible).  For change_pte that is what
+    """The handlers got some of the reference and nothing else, and what they missed is exactly
+    the whole segments of slots flagged KVM_MEMSLOT_INVALID (a DELETE or MOVE of them in
+    progress, which only a memslot ioctl preempted in task mode leaves visible).  For change_pte that is what
     v6.4's kvm_change_spte_gfn skips (2230f9e1171a); no other handler skips such a slot, so the
     caller names this shape for change_pte only (an aging handler that misses a slot for its
     own reason keeps that reason's shape)."""

@@ -301,7 +301,7 @@ def test_a_known_divergence_whose_shape_holds_a_colon_survives_the_launcher(tmp_
     pending = tmp_path / "pending"
     pending.mkdir()
     entry = corpus.CorpusEntry(src.arch, src.old, src.new, [sig], src.events,
-                               note=f"met by memslot-fuzz atheris: {sig}")    # as atheris_target writes it
+                               note=corpus.signature_note("met by memslot-fuzz atheris", sig))
     (pending / corpus.signature_name(sig)).write_text(entry.dumps())
     run = AtherisRun()
     run.pending = _read_pending(pending, run)
@@ -311,9 +311,11 @@ def test_a_known_divergence_whose_shape_holds_a_colon_survives_the_launcher(tmp_
     met = finish_pending(run, job, load_known(), budget=0.0)
     assert [d.signature for d, _ in met] == [sig]
     assert corpus.noted_signature(corpus.load(met[0][1]).note) == sig
+    with pytest.raises(ValueError, match="holds ': '"):      # a source that would hide the signature
+        corpus.signature_note("seed: 7", sig)
 
 
-def test_comparisons_are_traced_only_when_configured(tmp_path, monkeypatch):
+def test_comparisons_are_traced_unless_configured_off(tmp_path, monkeypatch):
     """MEMSLOT_FUZZ_TRACE_CMP: branches are always instrumented, comparisons unless it is 0,
     for our modules (the import hook) and a candidate's own methods alike."""
     assert TargetConfig().trace_cmp is True and TargetConfig.from_env({}).trace_cmp is True

@@ -32,7 +32,8 @@ for -jobs/-workers/-fork/-minimize_crash) is configured by environment variables
     MEMSLOT_FUZZ_MUTATOR           1 (default): the trace-level custom mutator; 0: libFuzzer's own
     MEMSLOT_FUZZ_TRACE_CMP         1 (default): instrument comparisons too (atheris' dataflow
                                    tracing: libFuzzer's compare dictionary, -use_value_profile);
-                                   0: branches only, faster (TargetConfig.trace_cmp says how much)
+                                   0: branches only, faster (TargetConfig.trace_cmp says how much);
+                                   INSTRUMENT=all always traces them (atheris.instrument_all)
 
 `run_atheris` launches the target with libFuzzer flags and returns the divergence files it
 wrote; `run_atheris_stats` returns the same plus execution figures.
@@ -357,7 +358,7 @@ def run_atheris_stats(arch: str, old: str, new: str, max_time: float, out_dir: P
                       minimize_seconds: float = 5.0, save_known: bool = False,
                       runs: int | None = None, progress: Progress | None = None,
                       max_len: int = 65536, kernel_only: bool = False,
-                      instrument: str = "models", trace_cmp: bool = True) -> AtherisRun:
+                      instrument: str = "models", trace_cmp: bool = TargetConfig.trace_cmp) -> AtherisRun:
     """Fuzz (arch, old, new) with atheris for max_time seconds (or `runs` executions).
 
     corpus_dir: libFuzzer's writable corpus (created; kept between runs; None: a temporary

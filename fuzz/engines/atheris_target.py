@@ -127,7 +127,7 @@ def main() -> None:
             # a known one: left unminimized for the launcher, which minimizes on its own clock,
             # so the fuzzing loop's time is fuzzing (one file per signature, first one wins)
             entry = corpus.CorpusEntry(cfg.arch, cfg.old, cfg.new, [d.signature], repro_prefix(events, d.event_index),
-                                       note=f"met by memslot-fuzz atheris: {d.signature}")
+                                       note=corpus.signature_note("met by memslot-fuzz atheris", d.signature))
             publish_new(cfg.pending_dir / corpus.signature_name(d.signature), entry.dumps())
             return cfg.pending_dir, False
         path = corpus.path_for(cfg.out_dir, cfg.arch, d.signature)
@@ -139,7 +139,7 @@ def main() -> None:
                 d.trace = repro_prefix(events, d.event_index)
             shown = [x.signature for x in run_trace(d.trace, cfg.arch, old, new, known).divergences]
             entry = corpus.CorpusEntry(cfg.arch, cfg.old, cfg.new, shown, d.trace,
-                                       note=f"found by memslot-fuzz atheris: {d.signature}")
+                                       note=corpus.signature_note("found by memslot-fuzz atheris", d.signature))
             path, created = corpus.save_divergence_entry(entry, cfg.out_dir, d.signature)
         if cfg.manifest:
             fd = os.open(cfg.manifest, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)

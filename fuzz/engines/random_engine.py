@@ -98,7 +98,7 @@ def save_divergence(d: Divergence, job: Job, known: list[KnownEntry]) -> Path:
     file for d's signature (a file another worker or run saved first is kept)."""
     shown = [x.signature for x in run_trace(d.trace, job.arch, job.old, job.new, known).divergences]
     entry = corpus.CorpusEntry(job.arch, job.old.name, job.new.name, shown, d.trace,
-                               note=f"found by memslot-fuzz run (seed {job.seed}): {d.signature}")
+                               note=corpus.signature_note(f"found by memslot-fuzz run (seed {job.seed})", d.signature))
     return corpus.save_divergence_entry(entry, job.out_dir, d.signature)[0]
 
 
