@@ -223,6 +223,9 @@ def run_side(cls_make, events: list[Event], arch: str, apply_event,
     started: list[int] = []          # event indices in the order this side started them
     bare_during: set[int] = set()    # faults in flight when a bare change_pte ran
     changed_during: dict[int, list[tuple[int, int]]] = {}   # fault -> host ranges changed under open ones
+    # fault_commit event -> (leaves it had installed, the host then) when another task first
+    # changed the host while it was preempted after an install (oracles.compare.SideResult)
+    installed_host: dict[int, tuple[int, HostPageTable]] = {}
 
     def on_switch(task) -> None:
         if last_task[0] is not None and last_task[0] != task.name:
@@ -276,6 +279,11 @@ def run_side(cls_make, events: list[Event], arch: str, apply_event,
                              if bare or covered else set())
                 if swap_at is not None and i == swap_at[0]:
                     model.__class__ = swap_at[1]
+                if isinstance(ev, (ChangePte, HostMap)):
+                    for t, j in current_event.items():
+                        if (t != task and j is not None and j not in installed_host
+                                and isinstance(events[j], FaultCommit) and task_obs[t].installed):
+                            installed_host[j] = (len(task_obs[t].installed), model.host.copy())
                 if dead[0]:
                     obs = model.obs
                 else:
@@ -301,7 +309,7 @@ def run_side(cls_make, events: list[Event], arch: str, apply_event,
                     continue
                 r.interleaved, r.slots_same = i in interleaved, pre.slots == post.slots
                 r.started_before = tuple(started[:-1])
-                side = SideResult(pre, post, obs, model.host)
+                side = SideResult(pre, post, obs, model.host, installed_host.pop(i, None))
                 context = frozenset()
                 if isinstance(ev, FaultCommit):
                     names = []

@@ -459,6 +459,13 @@ class HostPageTable:
             out.append(HostExtent(cs << shift, ce << shift, pfn + cs - s, writable, level))
         return out
 
+    def copy(self) -> "HostPageTable":
+        """The page table as it is now, for reading later (the oracle checks a fault's leaf
+        against the host as of its install).  O(extents); open invalidations are not copied."""
+        out = HostPageTable(self.page_shift)
+        out._starts, out._ext = list(self._starts), list(self._ext)
+        return out
+
     @property
     def ptes(self) -> MappingProxyType:
         """Page number -> HostPte for every present page, read-only and as large as the mapping

@@ -78,11 +78,14 @@ class Divergence:
 
 @dataclass
 class SideResult:
-    """What the runner captured of one side for one event."""
+    """What the runner captured of one side for one event.  `installed_host` (task mode): when
+    another task changed the host while this event was preempted after installing leaves, the
+    number of leaves it had installed then and the host as it was at their install."""
     pre: State
     post: State
     obs: Observation
     host: HostPageTable
+    installed_host: tuple[int, HostPageTable] | None = None
 
 
 # ----- shapes: how a gfn set differs from the reference, in words a KVM developer uses -----
@@ -201,12 +204,15 @@ def check_side(ev: Event, exp: Expectation | None, side: SideResult,
 
     # stale-mapping: a leaf this event installed or changed maps what the host does not.  Only
     # leaves still there when the event ends: in task mode another task may have zapped one
-    # (and changed the host) while this event was preempted, which is the kernel working
-    for leaf in obs.installed + [after for _, after in obs.changed]:
+    # (and changed the host) while this event was preempted, which is the kernel working.  A
+    # leaf is read against the host as of its install: a host change after it is the notifier's
+    # to handle, and that notifier's own event is checked for it
+    early, early_host = side.installed_host or (0, side.host)
+    for k, leaf in enumerate(obs.installed + [after for _, after in obs.changed]):
         now = post.leaves.get(leaf.key)
         if now is None or (now.pfn, now.hva) != (leaf.pfn, leaf.hva):
             continue
-        stale = stale_leaf(leaf, post.slots, side.host)
+        stale = stale_leaf(leaf, post.slots, early_host if k < early else side.host)
         if stale:
             kind, why = stale
             if kind == "outside-memslot":

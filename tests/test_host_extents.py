@@ -310,3 +310,13 @@ def test_stale_leaf_over_extents_finds_the_gfn_the_page_walk_found():
         assert (got and got[0]) == (want and want[0])
         if want and want[1]:
             assert got[1] == want[1]
+
+
+def test_a_copy_keeps_the_mapping_it_was_taken_of():
+    host = HostPageTable()
+    host.map(0x200000, 0x200000, 0x400, 0x200000, True)
+    then = host.copy()
+    host.set_pte(0x201000, 0x9000, False)              # splits the 2M frame in the original only
+    assert then.lookup(0x201000).pfn == 0x401 and then.lookup(0x201000).level != host.lookup(0x201000).level
+    assert host.lookup(0x201000).pfn == 0x9000
+    assert [(e.hva, e.hva_end, e.pfn) for e in then.extents()] == [(0x200000, 0x400000, 0x400)]
