@@ -119,6 +119,19 @@ def test_each_mutation_changes_a_seed_and_stays_well_formed(kind):
             slots = slots_of(evs)
             return len(slots) - len({x.hva for x in slots})
         assert any(aliased(out) > aliased(events) for out in outs)
+    if kind == "beside":
+        # the pages the seed faults on or touches, by hva (through every slot holding the gfn)
+        pages = {s.hva + (e.gfn - s.gpa // 4096) * 4096 for e in events if hasattr(e, "gfn") and hasattr(e, "as_id")
+                 for s in slots_of(events) if s.as_id == e.as_id and 0 <= e.gfn - s.gpa // 4096 < s.size // 4096}
+        assert pages
+        ends, starts = {h + d for h in pages for d in (0, 1)}, {h + 4096 - d for h in pages for d in (0, 1)}
+        before = {h - 4096 + d for h in pages for d in (1, 2048, 4095)}
+
+        def aimed(evs):
+            return ({getattr(x, "end", None) for x in evs} & ends, {getattr(x, "start", None) for x in evs} & starts,
+                    {getattr(x, "hva", None) for x in evs} & before)
+        new = [tuple(a - b for a, b in zip(aimed(out), aimed(events))) for out in outs]
+        assert any(n[0] for n in new) and any(n[1] for n in new) and any(n[2] for n in new)
     if kind == "snap":
         edges = {e for s in slots_of(events) for base in (s.hva, s.hva + s.size)
                  for e in (base, base + 1, base - 1, base + 4096, base - 4096)}

@@ -8,6 +8,10 @@ one structural mutation chosen by `seed`, and re-encodes it as a JSON trace:
     delete     an event (a start with its end, a fault begin with its commit)
     duplicate  an event (pairs are duplicated as pairs, a fault under a fresh id)
     snap       a notifier range edge or hva onto a slot edge: +-0, one page or one byte
+    beside     a notifier range (or change_pte / test_young hva) aimed right beside a gfn the
+               trace faults on or accesses: ending at its page, starting one page past it, or
+               an unaligned hva in the page before (through every slot holding the gfn,
+               aliases included), so a walker's off-by-one at either end meets a mapped page
     alias      point a slot's userspace_addr at another slot's (or add a slot that does)
     split      one slot into two adjacent slots (same gfn and hva ranges in all)
 
@@ -34,7 +38,7 @@ from language.trace import (ChangePte, ClearFlushYoung, ClearYoung, Event, Fault
 
 P = 4096
 REGENERATE = 0.5       # the share of calls that return a freshly generated trace
-MUTATIONS = ("insert", "delete", "duplicate", "snap", "alias", "split")
+MUTATIONS = ("insert", "delete", "duplicate", "snap", "beside", "alias", "split")
 RANGE_TYPES = (InvalidateRangeStart, ClearFlushYoung, ClearYoung)
 
 
@@ -179,6 +183,57 @@ def _snap(rng: random.Random, events: list[Event]) -> list[Event]:
     return out
 
 
+def _beside(rng: random.Random, events: list[Event]) -> list[Event]:
+    slots = slots_of(events)
+    # (hva of the page, the first index after which it can be mapped) for every gfn the trace
+    # faults on or touches, through each slot that holds it
+    pages = []
+    for k, e in enumerate(events):
+        if isinstance(e, (FaultBegin, GuestAccess)):
+            for s in slots:
+                first = s.gpa // P
+                if s.as_id == e.as_id and first <= e.gfn < first + s.size // P:
+                    pages.append((s.hva + (e.gfn - first) * P, k))
+    if not pages:
+        return events
+    h, after = rng.choice(pages)
+    out = list(events)
+    end = _end(out)
+    width = rng.choice([1, 2, rng.randint(1, 16)]) * P
+    if rng.random() < 0.5:      # stops right before the page (exclusive end on its first byte)
+        start, stop = max(0, h - width), h + rng.choice([0, 0, 1])
+    else:                       # starts right after it
+        start, stop = h + P - rng.choice([0, 0, 1]), h + P + width
+    ranged = [k for k, e in enumerate(out) if isinstance(e, RANGE_TYPES) and k > after]
+    if ranged and rng.random() < 0.5:
+        i = rng.choice(ranged)
+        if isinstance(out[i], InvalidateRangeStart):
+            j = partner(out, i)
+            if j is not None:
+                out[j] = dataclasses.replace(out[j], start=start, end=stop)
+        out[i] = dataclasses.replace(out[i], start=start, end=stop)
+        return out
+    i = rng.randint(min(after + 1, end), end)
+    kind = rng.choice(["invalidate", "age", "test_young", "cow"])
+    if kind == "invalidate":
+        j = rng.randint(i, end)
+        out[j:j] = [InvalidateRangeEnd(start, stop, True)]
+        out[i:i] = [InvalidateRangeStart(start, stop, True)]
+    elif kind == "age":
+        out[i:i] = [rng.choice([ClearFlushYoung, ClearYoung])(start, stop)]
+    else:
+        # an unaligned hva in the page before: a one-page walk from it reaches this page
+        hva = max(0, h - P + rng.choice([1, P // 2, P - 1]))
+        if kind == "test_young":
+            out[i:i] = [TestYoung(hva)]
+        else:
+            page = hva - hva % P
+            out[i:i] = [InvalidateRangeStart(page, page + P, True),
+                        ChangePte(hva, 0x80000 + rng.randrange(0x1000), rng.random() < 0.3),
+                        InvalidateRangeEnd(page, page + P, True)]
+    return out
+
+
 def _alias(rng: random.Random, events: list[Event]) -> list[Event]:
     creates = [i for i, e in enumerate(events) if isinstance(e, SetMemoryRegion) and e.memory_size]
     if not creates:
@@ -218,7 +273,7 @@ def _split(rng: random.Random, events: list[Event]) -> list[Event]:
 
 
 _APPLY = {"insert": _insert, "delete": _delete, "duplicate": _duplicate, "snap": _snap,
-          "alias": _alias, "split": _split}
+          "beside": _beside, "alias": _alias, "split": _split}
 
 
 def mutate_events(events: list[Event], rng: random.Random, kind: str | None = None) -> list[Event]:
