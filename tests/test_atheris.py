@@ -114,6 +114,12 @@ def test_each_mutation_changes_a_seed_and_stays_well_formed(kind):
     assert any(out != events for out in outs)
     if kind == "split":
         assert any(len(slots_of(out)) > len(slots_of(events)) for out in outs)
+
+        def crossed(evs):       # one-page slots, hva-adjacent, the later hva one page lower in gpa
+            ones = [x for x in slots_of(evs) if x.size == 4096]
+            return {(a.hva, b.hva) for a in ones for b in ones
+                    if a.as_id == b.as_id and b.hva == a.hva + 4096 and b.gpa == a.gpa - 4096}
+        assert any(crossed(out) - crossed(events) for out in outs)
     if kind == "alias":
         def aliased(evs):
             slots = slots_of(evs)

@@ -13,7 +13,10 @@ one structural mutation chosen by `seed`, and re-encodes it as a JSON trace:
                an unaligned hva in the page before (through every slot holding the gfn,
                aliases included), so a walker's off-by-one at either end meets a mapped page
     alias      point a slot's userspace_addr at another slot's (or add a slot that does)
-    split      one slot into two adjacent slots (same gfn and hva ranges in all)
+    split      one slot into two adjacent slots (same gfn and hva ranges in all), or (crossed)
+               its last two pages into two one-page slots whose guest order is the reverse of
+               their host order: the slot whose hva follows sits just below in gfns, the layout
+               where a walk that runs one page past its hva meets the gfn before its start
 
 Half of the calls (REGENERATE) instead return a new trace from the random engine's
 generator (fuzz.engines.generate with the target's GenConfig): libFuzzer's coverage then keeps
@@ -264,8 +267,19 @@ def _split(rng: random.Random, events: list[Event]) -> list[Event]:
     i = rng.choice(creates)
     ev = events[i]
     npages = ev.memory_size // P
-    k = rng.choice([1, npages - 1, rng.randint(1, npages - 1)])
     used = {e.slot for e in events if isinstance(e, SetMemoryRegion) and e.as_id == ev.as_id}
+    if rng.random() < 0.5:
+        # crossed: pages n-2 and n-1 keep their hvas and swap their gfns, each a slot of its own
+        g, h, n = ev.guest_phys_addr, ev.userspace_addr, npages
+        rest = [dataclasses.replace(ev, memory_size=(n - 2) * P)] if n > 2 else []
+        sid = max(used) + 1
+        ids = [sid, sid + 1] if rest else [ev.slot, sid]
+        pair = [dataclasses.replace(ev, slot=ids[0], guest_phys_addr=g + (n - 1) * P, memory_size=P,
+                                    userspace_addr=h + (n - 2) * P),
+                dataclasses.replace(ev, slot=ids[1], guest_phys_addr=g + (n - 2) * P, memory_size=P,
+                                    userspace_addr=h + (n - 1) * P)]
+        return events[:i] + rest + pair + events[i + 1:]
+    k = rng.choice([1, npages - 1, rng.randint(1, npages - 1)])
     first = dataclasses.replace(ev, memory_size=k * P)
     second = dataclasses.replace(ev, slot=max(used) + 1, guest_phys_addr=ev.guest_phys_addr + k * P,
                                  memory_size=(npages - k) * P, userspace_addr=ev.userspace_addr + k * P)
