@@ -55,7 +55,7 @@ from typing import Callable, Mapping
 
 from fuzz.engines.generate import GenConfig, Source, generate
 from language.wellformed import check_well_formed
-from language.trace import SCHEMA, Event, TraceError, dumps, trace_from_json
+from language.trace import SCHEMA, Event, TraceError, trace_from_json, trace_to_json
 
 TARGET = Path(__file__).resolve().parent / "atheris_target.py"
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -142,9 +142,14 @@ def decode(data: bytes, cfg: GenConfig | None = None) -> list[Event]:
     return decoded(data, cfg)[0]
 
 
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+
+
 def encode(events: list[Event]) -> bytes:
-    """A trace as the JSON bytes `decode` reads back to the same events."""
-    return dumps(events).encode()
+    """A trace as the JSON bytes `decode` reads back to the same events: the trace file format
+    without its whitespace (language.trace.dumps lays it out for people; libFuzzer's inputs
+    are not read by people, and the mutator encodes every mutant: this takes half the time)."""
+    return _COMPACT.encode(trace_to_json(events)).encode()
 
 
 # ----- the target's configuration ---------------------------------------------------------
