@@ -368,3 +368,26 @@ def test_comparisons_are_traced_unless_configured_off(tmp_path, monkeypatch):
             import cmp_probe
         assert "_trace_branch" in cmp_probe.less.__code__.co_names
         assert ("_trace_cmp" in cmp_probe.less.__code__.co_names) is trace_cmp
+
+
+def test_the_x86_tdp_target_leaves_the_empty_legacy_rmap_pass_uninstrumented():
+    # x86-tdp's models run x86-shadow's rmap pass over heads that are always empty; that target
+    # leaves impls/x86_shadow.py out, every other target instruments it.  Run as the target
+    # does (its import hook over a fresh interpreter, the models imported inside it)
+    from fuzz.engines.atheris_engine import INSTRUMENT_EXCLUDE, INSTRUMENT_PACKAGES, instrument_exclude
+    assert instrument_exclude("models", "x86-tdp") == INSTRUMENT_EXCLUDE["models"] + ["impls.x86_shadow"]
+    assert "impls.x86_shadow" not in instrument_exclude("models", "x86-shadow")
+    assert instrument_exclude("imports", "x86-tdp") == []
+    probe = (
+        "import importlib.util, sys\n"
+        f"spec = importlib.util.spec_from_file_location('t', {str(TARGET)!r}); t = importlib.util.module_from_spec(spec)\n"
+        "spec.loader.exec_module(t)\n"
+        "from fuzz.engines.atheris_engine import INSTRUMENT_PACKAGES, instrument_exclude\n"
+        "with t._instrument_imports(INSTRUMENT_PACKAGES['models'], instrument_exclude('models', sys.argv[1]), True):\n"
+        "    from impls import x86_tdp, x86_shadow\n"
+        "print('_trace_branch' in x86_shadow.X86ShadowMmu.walk_rmaps.__code__.co_names,\n"
+        "      '_trace_branch' in x86_tdp.X86TdpMmu.zap_walk.__code__.co_names)\n")
+    got = {arch: subprocess.run([sys.executable, "-c", probe, arch], cwd=REPO, capture_output=True, text=True,
+                                check=True).stdout.split()
+           for arch in ("x86-tdp", "x86-shadow")}
+    assert got == {"x86-tdp": ["False", "True"], "x86-shadow": ["True", "True"]}

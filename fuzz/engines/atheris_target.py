@@ -81,12 +81,12 @@ def _setup():
         new = Side(cfg.new, registry.resolve(cfg.arch, cfg.new))
         return old, new, triage.load_known()
 
-    from fuzz.engines.atheris_engine import INSTRUMENT_EXCLUDE, INSTRUMENT_PACKAGES
+    from fuzz.engines.atheris_engine import INSTRUMENT_PACKAGES, instrument_exclude
     try:
         if cfg.instrument in INSTRUMENT_PACKAGES:
             with contextlib.redirect_stderr(io.StringIO()):
                 with _instrument_imports(INSTRUMENT_PACKAGES[cfg.instrument],
-                                         INSTRUMENT_EXCLUDE.get(cfg.instrument, []), cfg.trace_cmp):
+                                         instrument_exclude(cfg.instrument, cfg.arch), cfg.trace_cmp):
                     old, new, known = load()
         else:
             old, new, known = load()
