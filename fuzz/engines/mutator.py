@@ -9,9 +9,10 @@ one structural mutation chosen by `seed`, and re-encodes it as a JSON trace:
     duplicate  an event (pairs are duplicated as pairs, a fault under a fresh id)
     snap       a notifier range edge or hva onto a slot edge: +-0, one page or one byte
     beside     a notifier range (or change_pte / test_young hva) aimed right beside a gfn the
-               trace faults on or accesses: ending at its page, starting one page past it, or
-               an unaligned hva in the page before (through every slot holding the gfn,
-               aliases included), so a walker's off-by-one at either end meets a mapped page
+               trace faults on or accesses: ending at its page, starting one page past it, an
+               unaligned hva in the page before or an hva in the page after (through every slot
+               holding the gfn, aliases included), so a walker's off-by-one at either end meets
+               a mapped page
     alias      point a slot's userspace_addr at another slot's (or add a slot that does)
     split      one slot into two adjacent slots (same gfn and hva ranges in all), or (crossed)
                its last two pages into two one-page slots whose guest order is the reverse of
@@ -36,7 +37,7 @@ from fuzz.engines.atheris_engine import decoded, encode, remember
 from fuzz.engines.generate import GenConfig, RandomSource, generate
 from language.wellformed import well_formed
 from language.trace import (ChangePte, ClearFlushYoung, ClearYoung, Event, FaultBegin, FaultCommit,
-                    GuestAccess, InvalidateRangeEnd, InvalidateRangeStart, Release,
+                    GuestAccess, HostMap, InvalidateRangeEnd, InvalidateRangeStart, Release,
                     SetMemoryRegion, TestYoung, partner)
 
 P = 4096
@@ -118,11 +119,7 @@ def _insert(rng: random.Random, events: list[Event]) -> list[Event]:
             a, b = sorted((_edge(rng, slots), _edge(rng, slots)))
             out[i:i] = [op(a, b)]
     elif kind == "cow":
-        hva = _edge(rng, slots)
-        page = hva - hva % P
-        pfn = 0x80000 + rng.randrange(0x1000)
-        out[i:i] = [InvalidateRangeStart(page, page + P, True), ChangePte(hva, pfn, rng.random() < 0.3),
-                    InvalidateRangeEnd(page, page + P, True)]
+        out[i:i] = _cow(rng, _edge(rng, slots))
     else:
         s = rng.choice(slots)
         change = rng.choice(["delete", "move", "flags"])
@@ -225,16 +222,33 @@ def _beside(rng: random.Random, events: list[Event]) -> list[Event]:
     elif kind == "age":
         out[i:i] = [rng.choice([ClearFlushYoung, ClearYoung])(start, stop)]
     else:
-        # an unaligned hva in the page before: a one-page walk from it reaches this page
-        hva = max(0, h - P + rng.choice([1, P // 2, P - 1]))
-        if kind == "test_young":
+        # an unaligned hva in the page before (a one-page walk from it reaches this page), or
+        # an hva in the page after (past the slot's end when this is its last page)
+        hva = (max(0, h - P + rng.choice([1, P // 2, P - 1])) if rng.random() < 0.5
+               else h + P + rng.choice([0, 1, P // 2, P - 1]))
+        if kind == "test_young" or not _host_mapped(out[:i], hva):
             out[i:i] = [TestYoung(hva)]
         else:
-            page = hva - hva % P
-            out[i:i] = [InvalidateRangeStart(page, page + P, True),
-                        ChangePte(hva, 0x80000 + rng.randrange(0x1000), rng.random() < 0.3),
-                        InvalidateRangeEnd(page, page + P, True)]
+            out[i:i] = _cow(rng, hva)
     return out
+
+
+def _host_mapped(events: list[Event], hva: int) -> bool:
+    """Whether the last host_map covering `hva` in `events` mapped it (set_pte_at_notify
+    replaces a present pte only)."""
+    last = next((e for e in reversed(events) if isinstance(e, HostMap) and e.hva <= hva < e.hva + e.size), None)
+    return last is not None and last.pfn is not None
+
+
+def _cow(rng: random.Random, hva: int) -> list[Event]:
+    """A change_pte of `hva` as the generator makes one (fuzz.engines.generate "cow"): inside an
+    invalidation of its page, as wp_page_copy and KSM send it, or bare (30%), as the generator's
+    traces have it too (language.wellformed allows it, `--kernel-only` does not)."""
+    page = hva - hva % P
+    change = ChangePte(hva, 0x80000 + rng.randrange(0x1000), rng.random() < 0.3)
+    if rng.random() < 0.3:
+        return [change]
+    return [InvalidateRangeStart(page, page + P, True), change, InvalidateRangeEnd(page, page + P, True)]
 
 
 def _alias(rng: random.Random, events: list[Event]) -> list[Event]:
