@@ -203,3 +203,24 @@ def test_the_summary_counts_every_divergence_as_kernel_legal(tmp_path, capsys):
     assert rc in (0, 1) and doc["divergences"] and groups
     assert all(n == legal for n, legal in groups)
     assert sum(int(n) for n, _ in groups) == len(doc["divergences"])
+
+
+def test_the_atheris_mutator_makes_only_kernel_legal_mutants_for_a_kernel_only_target():
+    # beside and snap often aim an unaligned edge, insert a bare change_pte: fine by the rules,
+    # not for --kernel-only, whose target would read such a mutant's bytes as generator input
+    from fuzz.engines import atheris_engine
+    from fuzz.engines.mutator import mutate
+    cfg = GenConfig(kernel_only=True)
+    mutants = 0
+    for seed in range(40):
+        data = encode(generate(RandomSource(random.Random(seed)), cfg))
+        for k in range(10):
+            out = mutate(data, 1 << 16, 1000 * seed + k, cfg)
+            if out == data:
+                continue
+            mutants += 1
+            events = json_trace(out, strict=True)
+            assert events is not None, f"seed {seed} call {k}: a mutant that breaks an allowance"
+            atheris_engine._DECODED.clear()
+            assert decode(out, cfg) == events               # read as itself, not as generator bytes
+    assert mutants > 300

@@ -23,9 +23,10 @@ Half of the calls (REGENERATE) instead return a new trace from the random engine
 generator (fuzz.engines.generate with the target's GenConfig): libFuzzer's coverage then keeps
 the ones that reach new code, so the engine sees at least the variety `run` does.
 
-The result is always well formed (language.wellformed.check_well_formed) and fits max_size, or the
-mutator falls back: to libFuzzer's own byte mutation when one is given and the input is raw
-bytes, else to the input unchanged.
+The result is always well formed (language.wellformed.check_well_formed; with the target's
+`--kernel-only` it breaks no allowance either) and fits max_size, or the mutator falls back:
+to libFuzzer's own byte mutation when one is given and the input is raw bytes, else to the
+input unchanged.
 """
 from __future__ import annotations
 
@@ -325,12 +326,15 @@ def mutate(data: bytes, max_size: int, seed: int, cfg: GenConfig | None = None,
     events, is_json = decoded(data, cfg)        # remembered: the mutants of this call before
     if byte_mutate is not None and not is_json and rng.random() < 0.5:
         return byte_mutate(data, max_size)      # keep the raw-bytes path explored too
+    # --kernel-only: a mutant must break no allowance either, or the target would read its
+    # bytes as generator input rather than as the mutant (atheris_engine.decode)
+    strict = cfg is not None and cfg.kernel_only
     for _ in range(4):                          # a mutation that changes nothing: try another
         cand = mutate_events(events, rng)
-        if cand != events and well_formed(cand):
+        if cand != events and well_formed(cand, strict=strict):
             out = encode(cand)
             if len(out) <= max_size:
-                if cfg is not None and not cfg.kernel_only:     # decode(out, cfg) is cand itself
+                if cfg is not None:             # decode(out, cfg) is cand itself
                     remember(out, cfg, cand)
                 return out
     if byte_mutate is not None and not is_json:
