@@ -28,7 +28,8 @@ The mm side of each notifier event is modelled here, since it is the host's and 
 lockdep map `mmu_notifier_invalidate_range_start` is taken around every start and every end
 callback (never across them); an mm task holds `mmap_lock` for read from its outermost
 range_start to the matching range_end (a COW fault, wp_page_copy), and the page-table lock
-around change_pte.  Which invalidations are open is host state the oracle reads.
+of the page around change_pte (set_pte_at_notify runs under it: two change_ptes of one page
+table wait for each other).  Which invalidations are open is host state the oracle reads.
 """
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ from language.trace import (MAIN_TASK, TASK_ROLES, ChangePte, Event, FaultCommit
                     Release, Schedule, task_role)
 
 NEVER = 1 << 60
+PTE_TABLE_SHIFT = 21      # one page-table page maps 512 4K pages: 2 MiB of hva per split pte lock
 
 
 def needs_task_mode(events: list[Event], *classes: type) -> bool:
@@ -106,7 +108,12 @@ class MmSide:
     def __init__(self) -> None:
         self.start_map = LockdepMap("mmu_notifier_invalidate_range_start")
         self.mmap_lock = RwSem("mmap_lock")
-        self.ptl = LockdepMap("ptl")     # a spinlock no KVM path takes: only its order matters
+        self.ptl = LockdepMap("ptl")     # a spinlock no KVM path takes: its order against KVM's
+        # ... and who holds which page table's ptl (split pte locks: one per page-table page, 512
+        # ptes, 2 MiB of hva): set_pte_at_notify runs under it, so two change_ptes of one page
+        # (or of one page table) never interleave.  Taken without a scheduling point of its own:
+        # a task waits only where another holds it
+        self.ptl_held: dict[int, str] = {}
         self.depth: dict[str, int] = {}
 
 
@@ -178,9 +185,14 @@ def apply_in_task(model: Kvm, mm: MmSide, sched: Scheduler, ev: Event, apply_eve
         sched.wait_until(lambda: not others(), "mm_users to drop to zero (exit_mmap)", others)
         return apply_event(model, ev)
     if isinstance(ev, ChangePte):
+        table = ev.hva >> PTE_TABLE_SHIFT
+        holder = lambda: [mm.ptl_held[table]] if table in mm.ptl_held else []
+        sched.wait_until(lambda: table not in mm.ptl_held, "ptl", holder)
+        mm.ptl_held[table] = task
         mm.ptl.acquire(sched, "wp_page_copy")
         obs = apply_event(model, ev)
         mm.ptl.release(sched)
+        del mm.ptl_held[table]
         return obs
     return apply_event(model, ev)
 

@@ -227,3 +227,21 @@ def test_a_fault_preempted_after_its_install_is_read_against_the_host_of_its_ins
     assert [seg.describe() for seg in res.schedules["new"]][7:10] == ["vcpu0 10,11 (preempted)", "mm0 13", "vcpu0 …11"]
     assert set(shapes(res)) == {"missed-invalidation|change_pte|both|old-pfn-still-mapped-huge-leaf"}
     assert all(d.event_index == 13 for d in res.divergences)
+
+
+def test_two_change_ptes_of_one_page_take_its_page_table_lock_in_turn():
+    # corpus entry: mm1's change_pte of hva H (event 22, pfn 0x10401; gfns 0x402 and 0x403 alias
+    # H) is preempted inside its callback; mm0's change_pte of the same page (event 23, pfn
+    # 0x10402) comes next.  set_pte_at_notify runs under the pte's lock, so mm0 waits for mm1 to
+    # finish and the page ends on mm0's pfn, as the host's pte does.  When the lock did not
+    # block, mm1 finished last and left pfn 0x10401 behind: a stale pfn no kernel shows
+    from fuzz.corpus import load
+    from pathlib import Path
+    entry = load(Path(__file__).parent.parent / "corpus" / "riscv-sv48" / "d987e29237d0579c.json")
+    res = run_trace(entry.events, "riscv-sv48", side("riscv-sv48", "v5.17"), side("riscv-sv48", "v6.19"), KNOWN,
+                    keep_observations=True)
+    order = [seg.describe() for seg in res.schedules["old"]]
+    assert order[9:12] == ["mm1 22 (preempted)", "mm0 23 (waits for ptl held by mm1)", "mm1 …22"]
+    last = [after for _, after in res.observations[23][0].changed] + res.observations[23][0].installed
+    assert {(x.gfn, x.pfn) for x in last} == {(0x402, 0x10402), (0x403, 0x10402)}
+    assert not [d for d in res.divergences if d.cls == "stale-mapping"]
