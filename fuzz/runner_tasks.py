@@ -108,11 +108,15 @@ class MmSide:
     def __init__(self) -> None:
         self.start_map = LockdepMap("mmu_notifier_invalidate_range_start")
         self.mmap_lock = RwSem("mmap_lock")
-        self.ptl = LockdepMap("ptl")     # a spinlock no KVM path takes: its order against KVM's
-        # ... and who holds which page table's ptl (split pte locks: one per page-table page, 512
-        # ptes, 2 MiB of hva): set_pte_at_notify runs under it, so two change_ptes of one page
-        # (or of one page table) never interleave.  Taken without a scheduling point of its own:
-        # a task waits only where another holds it
+        # the page-table lock around change_pte: v5.12 mm/memory.c wp_page_copy (and mm/ksm.c
+        # replace_page, write_protect_page) take it with pte_offset_map_lock, call
+        # set_pte_at_notify and only then pte_unmap_unlock, so two change_ptes of one page never
+        # interleave.  No KVM path takes it: lockdep orders it against KVM's locks (`ptl`), and
+        # `ptl_held` says which task holds which table's lock, keyed by 2 MiB of hva (split pte
+        # locks, one per page-table page of 512 ptes; without them mm->page_table_lock is one per
+        # mm, which serializes more).  Taken without a scheduling point of its own: a task waits
+        # only where another holds it, so nothing else about a schedule changes
+        self.ptl = LockdepMap("ptl")
         self.ptl_held: dict[int, str] = {}
         self.depth: dict[str, int] = {}
 

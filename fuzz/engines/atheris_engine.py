@@ -212,7 +212,8 @@ INSTRUMENT_EXCLUDE = {"models": ["impls.machine", "impls.tdp_iter", "impls.kvm",
 # (impls/x86_tdp.py rmap_head), so its branches in impls/x86_shadow.py (the v5.12 hva walk
 # that feeds it included: the TDP MMU's own walk in impls/x86_tdp.py has the same clamps and
 # stays instrumented) vary with no x86-tdp input.  Instrumented, they cost about a tenth of the
-# x86-tdp target's events/s (19,128 against 21,544, bench/atheris_speed.py --arch x86-tdp)
+# x86-tdp target's events/s (19,128 in an all-arch run of bench/atheris_speed.py, 21,544 without
+# them in an x86-tdp run right after: two runs, not one; the bench has no switch for this)
 INSTRUMENT_EXCLUDE_BY_ARCH = {"models": {"x86-tdp": ["impls.x86_shadow"]}}
 INSTRUMENT_MODES = ("models", "imports", "all", "none")
 
