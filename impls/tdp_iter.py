@@ -22,14 +22,18 @@ ROOT_LEVEL = 4                    # PT64_ROOT_4LEVEL: a 4-level EPT/NPT root
 
 @dataclass
 class Root:
-    """One TDP MMU root: its address space (role.smm), role.invalid (v5.13 fast zap), whether
-    its vCPU still has to reload (KVM_REQ_MMU_RELOAD pending), and its present non-leaf SPTEs
-    as (level of the SPTE, first gfn it spans)."""
+    """One TDP MMU root: its address space (role.smm), role.invalid (v5.13 fast zap), its
+    present non-leaf SPTEs as (level of the SPTE, first gfn it spans), its reference count
+    (v5.12 root_count, v5.13 tdp_mmu_root_count: one per vCPU running on it, one per
+    yield-safe walk in it, one from a fast zap until its deferred zap is done) and whether the
+    last reference went (the root was unlinked, zapped and freed: a walk that still holds a
+    pointer to it reads freed memory)."""
     id: int
     as_id: int
     invalid: bool = False
-    stale: bool = False
     tables: set[tuple[int, int]] = field(default_factory=set)
+    refs: int = 0
+    freed: bool = False
 
 
 class TdpIter:

@@ -10,11 +10,17 @@ What we model
   1G), levels 2-4 can point to a child table.  Each root keeps the set of its present non-leaf
   SPTEs (`tables`); leaves are the shared `Kvm.leaves`.  Empty tables are NOT freed when their
   leaves go (as in the kernel); they go only when the SPTE that points at them is zeroed.
-* Roots: one per address space, created at the first fault_begin in that address space (a
-  vCPU running in that mode has loaded it), newest at the head of the root list.  A memslot
-  delete/move zaps every root whole (kvm_mmu_zap_all_fast); the emptied roots stay listed
-  (v5.13: marked invalid) until a vCPU of that address space reloads, i.e. the next
-  fault_begin there, which frees them and builds a new root.
+* Roots: created at the first fault_begin of a vCPU task in an address space (the vCPU has
+  loaded one), newest at the head of the root list, and shared by the vCPUs of that address
+  space: each (vCPU task, as_id) holds one reference (a vCPU task faulting in two address
+  spaces counts as one vCPU per mode, so no SMM switch unloads a root).  A memslot delete/move
+  (kvm_mmu_zap_all_fast) raises KVM_REQ_MMU_RELOAD for every vCPU and zaps every root whole;
+  v5.13 first marks them invalid, each with an extra reference that its deferred zap puts.  A
+  vCPU's next fault_begin handles the reload (under mmu_lock): it puts its reference and takes
+  a root again (v5.12 may take the emptied root back while another vCPU still holds it; v5.13
+  skips invalid roots).  The last put unlinks the root, zaps what is left and frees it.  A
+  walk holding no reference that yields in a root freed meanwhile (the v5.13 notifier unmap
+  until 7533377215b6) is reported as a use-after-free.
 * zap_gfn_range (the notifier unmap until v5.18's f47e5bbbc92f, then only the other zaps; see
   X86TdpZapLeafs_f47e5bbbc92f): a present leaf that touches [start, end) is zeroed whole (a partly covered
   huge leaf included); a present non-leaf SPTE is zeroed only when its span lies fully inside
@@ -38,9 +44,10 @@ What we model
 
 Not modelled: the NX-hugepage workaround (disallowed_hugepage_adjust; we assume it is off, so a
 huge fault over an existing table replaces the table), A/D-disabled access tracking, MMIO SPTEs,
-5-level paging, Hyper-V ranged flushes (off, as in x86_shadow), more than one root per address
-space (roots split only by role bits other than SMM), parallel faults under the read lock, and
-the RCU-deferred freeing of tables.
+5-level paging, Hyper-V ranged flushes (off, as in x86_shadow), roots split by role bits other
+than SMM, parallel faults under the read lock, the RCU-deferred freeing of tables, and a fault in
+flight across a fast zap installing into its invalid root (before a955cad84cda, v5.16): it
+reloads at its commit instead, because the roots of an address space share `Kvm.leaves`.
 """
 from __future__ import annotations
 
@@ -62,6 +69,10 @@ class X86TdpMmu(TdpIter, X86ShadowMmu):
         super().__init__()
         self.roots: list[Root] = []          # kvm->arch.tdp_mmu_roots, head first
         self._next_root_id = 0
+        # (vCPU task, as_id) -> the root it runs on, holding one reference (vcpu->arch.mmu->root_hpa)
+        self.vcpu_roots: dict[tuple[str, int], Root] = {}
+        # the (vCPU task, as_id) pairs with KVM_REQ_MMU_RELOAD raised and not yet handled
+        self.reload_pending: set[tuple[str, int]] = set()
 
     # ----- the legacy rmap pass: always runs, finds every head empty --------------------------
     def rmap_head(self, slot, level, index):
@@ -88,26 +99,98 @@ class X86TdpMmu(TdpIter, X86ShadowMmu):
         # v5.13 arch/x86/kvm/mmu/tdp_mmu.c for_each_tdp_mmu_root: list order, as_id filter only
         return [r for r in self.roots if r.as_id == as_id]
 
-    def get_vcpu_root(self, as_id: int) -> Root:
-        # v5.12 arch/x86/kvm/mmu/tdp_mmu.c get_tdp_mmu_vcpu_root: reuse a valid root of the same
-        # role, else allocate one and put it at the head of the list.  A reload first drops the
-        # vCPU's stale root, which frees it (kvm_tdp_mmu_free_root; it is already empty)
-        for r in [r for r in self.roots if r.as_id == as_id and r.stale]:
-            self.free_root(r)
+    def current_vcpu(self) -> str:
+        """The vCPU task that runs the fault ("main" when every event runs atomically)."""
+        return self.sched.current.name if self.sched is not None else "main"
+
+    def get_vcpu_root(self, as_id: int, locked: bool = True) -> Root:
+        # v5.12 arch/x86/kvm/x86.c vcpu_enter_guest: KVM_REQ_MMU_RELOAD -> kvm_mmu_unload (put
+        # the vCPU's root, mmu.c mmu_free_root_page, under the write lock), then kvm_mmu_reload ->
+        # kvm_mmu_load takes a root again; a vCPU with a root it may keep runs on it
+        # (the first load of a (vCPU, as_id) takes no lock here: it only puts a new root at the
+        # head of the list, which no walk in progress reaches, so only its scheduling point
+        # would differ; a reload takes it, because its put can free a root another task walks)
+        key = (self.current_vcpu(), as_id)
+        root = self.vcpu_roots.get(key)
+        if root is not None and key not in self.reload_pending:
+            return root
+        reload = key in self.reload_pending
+        if reload and not locked:
+            self.mmu_lock()
+        if reload:
+            self.reload_pending.discard(key)
+            self.put_root(self.vcpu_roots.pop(key))
+        root = self.vcpu_roots[key] = self.alloc_vcpu_root(as_id)
+        if reload and not locked:
+            self.mmu_unlock()
+        return root
+
+    def alloc_vcpu_root(self, as_id: int) -> Root:
+        # v5.12 arch/x86/kvm/mmu/tdp_mmu.c get_tdp_mmu_vcpu_root: the first listed root of the
+        # role takes one more reference (a root emptied by a fast zap included: v5.12 never
+        # marks a TDP root invalid); else a new root with one reference, at the head of the list
         for r in self.roots:
-            if r.as_id == as_id and not r.invalid:
+            if r.as_id == as_id and self.root_reusable(r):
+                r.refs += 1
                 return r
-        root = Root(self._next_root_id, as_id)
+        root = Root(self._next_root_id, as_id, refs=1)
         self._next_root_id += 1
         self.roots.insert(0, root)
         return root
 
+    def root_reusable(self, root: Root) -> bool:
+        # v5.13 arch/x86/kvm/mmu/tdp_mmu.c kvm_tdp_mmu_get_vcpu_root_hpa: role.word includes
+        # role.invalid, and kvm_tdp_mmu_get_root refuses an invalid root (v5.12 has neither)
+        return not root.invalid
+
+    def put_root(self, root: Root) -> None:
+        # v5.12 arch/x86/kvm/mmu/mmu.c mmu_free_root_page -> kvm_mmu_put_root, and at zero
+        # tdp_mmu.c kvm_tdp_mmu_free_root; v5.13 tdp_mmu.c kvm_tdp_mmu_put_root
+        root.refs -= 1
+        if root.refs == 0:
+            self.free_root(root)
+
     def free_root(self, root: Root) -> None:
-        # v5.12 arch/x86/kvm/mmu/tdp_mmu.c kvm_tdp_mmu_free_root: unlink, zap whole, no flush
+        # v5.12 arch/x86/kvm/mmu/tdp_mmu.c kvm_tdp_mmu_free_root: unlink, zap whole without
+        # yielding, no flush of its own, free.  v5.13 kvm_tdp_mmu_put_root: list_del_rcu, the
+        # same zap, call_rcu.  The model frees at once: no task of a model holds rcu_read_lock
+        # across a scheduling point, and a zap that yielded dropped it, so the grace period
+        # may end before that zap resumes.
         self.roots.remove(root)
         for level, gfn in sorted(root.tables, key=lambda t: (-t[0], t[1])):
             if (level, gfn) in root.tables:
                 self.handle_removed_table(root, level, gfn)
+        root.freed = True
+
+    def yield_safe_roots(self, as_id: int | None, valid_only: bool):
+        """The roots a yield-safe walk visits, in list order, each holding a reference while
+        the caller works on it (as_id None: every address space)."""
+        # v5.12 arch/x86/kvm/mmu/tdp_mmu.c for_each_tdp_mmu_root_yield_safe (tdp_mmu_next_root_valid
+        # takes the reference, tdp_mmu_next_root puts it, which may free the root); v5.13
+        # tdp_mmu_next_root: kvm_tdp_mmu_get_root skips invalid roots and roots at zero
+        for root in list(self.roots):
+            if root.freed or not root.refs or (as_id is not None and root.as_id != as_id):
+                continue
+            if valid_only and root.invalid:
+                continue
+            root.refs += 1
+            try:
+                yield root
+            finally:
+                self.put_root(root)
+
+    def unmap_roots(self, as_id: int):
+        """The roots the notifier unmap walks."""
+        # v5.13 arch/x86/kvm/mmu/tdp_mmu.c kvm_tdp_mmu_unmap_gfn_range: for_each_tdp_mmu_root, an
+        # RCU list walk under mmu_lock: list order, invalid roots too, no reference held, a root
+        # unlinked meanwhile is not reached from the one before it
+        for root in self.roots_of(as_id):
+            if not root.freed:
+                yield root
+
+    def raise_reload(self) -> None:
+        # v5.12 virt/kvm/kvm_main.c kvm_reload_remote_mmus: KVM_REQ_MMU_RELOAD to every vCPU
+        self.reload_pending.update(self.vcpu_roots)
 
     # ----- the paging structure: reads in impls/tdp_iter.py (TdpIter), changes here --------
     def handle_removed_table(self, root: Root, level: int, gfn: int, shared: bool = False) -> None:
@@ -171,6 +254,13 @@ class X86TdpMmu(TdpIter, X86ShadowMmu):
                 self.iter_cond_resched(flush)
                 flush = False
                 zeroed_since_yield = 0
+                if root.freed:
+                    # a walk holding no reference: while mmu_lock was dropped another task
+                    # put the root's last reference, and the restart reads the freed root->spt.
+                    # What the kernel does next is undefined; the model leaves this root
+                    self.warn("use-after-free: tdp_iter_restart reads a TDP MMU root freed "
+                              "while the zap yielded (no reference held across the yield)")
+                    return flush
                 # tdp_iter_next after a yield: tdp_iter_restart walks again from the root down
                 # to this gfn, reading every SPTE anew (other tasks ran while mmu_lock was
                 # dropped: this one may be gone, others may have appeared), and goes on from there
@@ -211,7 +301,7 @@ class X86TdpMmu(TdpIter, X86ShadowMmu):
         # v5.12 arch/x86/kvm/mmu/mmu.c kvm_mmu_load -> kvm_tdp_mmu_get_vcpu_root_hpa: the
         # faulting vCPU runs on a root of its address space
         if 0 <= as_id < self.address_space_num and fault not in self.faults:
-            self.get_vcpu_root(as_id)
+            self.get_vcpu_root(as_id, locked=False)
         super().fault_begin(fault, as_id, gfn, write)
 
     def map_fault(self, f: PendingFault) -> None:
@@ -238,7 +328,8 @@ class X86TdpMmu(TdpIter, X86ShadowMmu):
 
     def snapshot_extra(self, extra: dict) -> None:
         # model bookkeeping only (no kernel counterpart): the roots, for reports
-        extra["tdp_roots"] = [(r.id, r.as_id, r.invalid, r.stale, len(r.tables)) for r in self.roots]
+        stale = {id(r) for k, r in self.vcpu_roots.items() if k in self.reload_pending}
+        extra["tdp_roots"] = [(r.id, r.as_id, r.invalid, id(r) in stale, len(r.tables)) for r in self.roots]
 
     # ----- release: kvm_mmu_zap_all -------------------------------------------------------------
     def kvm_arch_flush_shadow_all(self) -> None:
@@ -339,8 +430,9 @@ class X86TdpV5_12(X86TdpMmu, X86ShadowV5_12):
     def kvm_tdp_mmu_zap_all(self) -> None:
         # v5.12 arch/x86/kvm/mmu/tdp_mmu.c kvm_tdp_mmu_zap_all -> __kvm_tdp_mmu_zap_gfn_range:
         # every root in list order, may yield, flush = (not |=) the last result, then one flush
+        # (for_each_tdp_mmu_root_yield_safe: a reference on each root across its zap)
         flush = False
-        for root in list(self.roots):
+        for root in self.yield_safe_roots(None, valid_only=False):
             flush = self.zap_gfn_range(root, 0, MAX_GFN, True, flush)
         if flush:
             self.kvm_flush_remote_tlbs("kvm_tdp_mmu_zap_all")
@@ -348,9 +440,8 @@ class X86TdpV5_12(X86TdpMmu, X86ShadowV5_12):
     def kvm_arch_flush_shadow_memslot(self, slot) -> None:
         # v5.12 arch/x86/kvm/mmu/mmu.c kvm_mmu_invalidate_zap_pages_in_memslot ->
         # kvm_mmu_zap_all_fast: reload every vCPU, zap obsolete legacy pages (none), then zap
-        # every TDP root whole, whatever slot went away
-        for root in self.roots:
-            root.stale = True
+        # every TDP root whole, whatever slot went away; the roots stay valid and listed
+        self.raise_reload()
         self.kvm_tdp_mmu_zap_all()
 
 
@@ -360,7 +451,7 @@ class X86TdpV5_13(X86TdpMmu, X86ShadowV5_13):
     def kvm_tdp_mmu_unmap_gfn_range(self, range: KvmGfnRange, flush: bool) -> bool:
         # v5.13 arch/x86/kvm/mmu/tdp_mmu.c kvm_tdp_mmu_unmap_gfn_range: the roots of the slot's
         # as_id (invalid ones too, no reference), can_yield = may_block, flush |= result
-        for root in self.roots_of(range.slot.as_id):
+        for root in self.unmap_roots(range.slot.as_id):
             self.record_call("zap_gfn_range", range.slot, range.start, range.end,
                              f"root{root.id}" + (" invalid" if root.invalid else ""))
             flush = self.unmap_flush(flush, self.zap_gfn_range(root, range.start, range.end,
@@ -432,7 +523,7 @@ class X86TdpV5_13(X86TdpMmu, X86ShadowV5_13):
         # valid roots only (the yield-safe iterator skips invalid ones), may yield, one flush
         flush = False
         for as_id in range(self.address_space_num):
-            for root in [r for r in self.roots_of(as_id) if not r.invalid]:
+            for root in self.yield_safe_roots(as_id, valid_only=True):
                 flush = self.zap_gfn_range(root, 0, MAX_GFN, True, flush, False)
         if flush:
             self.kvm_flush_remote_tlbs("kvm_tdp_mmu_zap_all")
@@ -441,13 +532,20 @@ class X86TdpV5_13(X86TdpMmu, X86ShadowV5_13):
         # v5.13 arch/x86/kvm/mmu/mmu.c kvm_mmu_zap_all_fast (4c6654bd160d): mark every root
         # invalid and reload the vCPUs under the write lock, then (read lock) tear every invalid
         # root down with the shared zap: one flush per zeroed SPTE, none at the end
-        invalid = [r for r in self.roots]
-        for root in invalid:
-            root.invalid = True
-            root.stale = True
+        # kvm_tdp_mmu_invalidate_all_roots: every live root (an invalid one again) takes an
+        # extra reference and is marked invalid; kvm_tdp_mmu_zap_invalidated_roots zaps each
+        # invalid live root in list order and puts that reference, which may free it
+        for root in self.roots:
+            if root.refs:
+                root.refs += 1
+                root.invalid = True
+        self.raise_reload()
         flush = False
-        for root in invalid:
+        for root in list(self.roots):
+            if root.freed or not root.invalid or not root.refs:
+                continue
             flush = self.zap_gfn_range(root, 0, MAX_GFN, True, flush, True)
+            self.put_root(root)
         if flush:
             self.kvm_flush_remote_tlbs("kvm_tdp_mmu_zap_invalidated_roots")
 
@@ -486,6 +584,25 @@ class X86TdpUnmapFlush_c7785d85b6c6(X86TdpMmu):
         return zapped
 
 
+class X86TdpUnmapRootRef_7533377215b6(X86TdpMmu):
+    """7533377215b6 (v5.16, Sean Christopherson, "KVM: x86/mmu: Use yield-safe TDP MMU root
+    iter in MMU notifier unmapping", Cc stable, Fixes: e1eed5847b09): the notifier unmap walks
+    the roots with the yield-safe iterator, so it holds a reference on the root it zaps across
+    every yield and puts it afterwards (the put may be the last one, and free the root).
+    Before it, from e1eed5847b09 (v5.13) on, the unmap held none: a memslot delete running
+    while the zap yielded could invalidate the root, zap it and put its own reference, a vCPU's
+    reload could put the last one, and the zap resumed in freed memory (reported by zap_walk).
+    In v5.16 that iterator skipped invalid roots, so the unmap missed them; d62007edf01f
+    ("KVM: x86/mmu: Zap _all_ roots when unmapping gfn range in TDP MMU", with 04dc4e6ce274
+    and 83b83a02073e) walks invalid roots too.  Applied from v5.17, the first modelled release,
+    which has all of them: every live root of the address space, each with a reference."""
+
+    def unmap_roots(self, as_id: int):
+        # v5.17 arch/x86/kvm/mmu/tdp_mmu.c __kvm_tdp_mmu_zap_gfn_range:
+        # for_each_tdp_mmu_root_yield_safe (only_valid false): a reference per root
+        yield from self.yield_safe_roots(as_id, valid_only=False)
+
+
 class X86TdpZapLeafs_f47e5bbbc92f(X86TdpMmu):
     """f47e5bbbc92f (v5.18, Sean Christopherson, "KVM: x86/mmu: Zap only TDP MMU leafs in zap
     range and mmu_notifier unmap"; it re-applies cf3e26427c08 with a flush fix): the notifier
@@ -499,7 +616,7 @@ class X86TdpZapLeafs_f47e5bbbc92f(X86TdpMmu):
     def kvm_tdp_mmu_unmap_gfn_range(self, range: KvmGfnRange, flush: bool) -> bool:
         # v6.8 arch/x86/kvm/mmu/tdp_mmu.c kvm_tdp_mmu_unmap_gfn_range: every root of the slot's
         # as_id, invalid ones too; flush = tdp_mmu_zap_leafs(..., may_block, flush)
-        for root in self.roots_of(range.slot.as_id):
+        for root in self.unmap_roots(range.slot.as_id):
             self.record_call("tdp_mmu_zap_leafs", range.slot, range.start, range.end,
                              f"root{root.id}" + (" invalid" if root.invalid else ""))
             flush = self.tdp_mmu_zap_leafs(root, range.start, range.end, range.may_block, flush)
@@ -514,6 +631,7 @@ class X86TdpZapLeafs_f47e5bbbc92f(X86TdpMmu):
 
 # commits after v5.13 that change what this arch's handlers do, from the release that has them
 LATER_OVERRIDES = [("v5.15", X86ShadowSyncPageFlushes_6bc6db000295), ("v5.17", X86TdpUnmapFlush_c7785d85b6c6),
+                   ("v5.17", X86TdpUnmapRootRef_7533377215b6),
                    ("v5.18", X86TdpZapLeafs_f47e5bbbc92f), ("v6.19", X86TdpAgingLockless_v6_19)]
 
 MODELS = {"x86-tdp": {

@@ -245,3 +245,30 @@ def test_two_change_ptes_of_one_page_take_its_page_table_lock_in_turn():
     last = [after for _, after in res.observations[23][0].changed] + res.observations[23][0].installed
     assert {(x.gfn, x.pfn) for x in last} == {(0x402, 0x10402), (0x403, 0x10402)}
     assert not [d for d in res.divergences if d.cls == "stale-mapping"]
+
+
+def test_a_v513_unmap_that_yields_resumes_in_a_root_a_memslot_delete_and_a_reload_freed():
+    # corpus entries: vcpu0 maps gfns 0x100 and 0x101 (slot 0) in root 0; the ioctl deletes
+    # slot 1 and is preempted after its first memslot swap; mm0's invalidate_range_start of both
+    # pages zaps 0x100 and yields (v5.13 may_block; kvm_tdp_mmu_unmap_gfn_range holds no
+    # reference).  The ioctl's kvm_mmu_zap_all_fast runs meanwhile: root 0 invalid with an extra
+    # reference, zapped (0x101), that reference put, then the ioctl waits at its second swap
+    # (SRCU in v5.13, mn_active_invalidate_count in v5.15).  vcpu0's next fault_begin handles
+    # KVM_REQ_MMU_RELOAD and puts the last reference: root 0 is freed, and mm0 resumes in it.
+    # v5.12's notifier zap never yields; v5.17 (7533377215b6) holds a reference across the yield
+    from fuzz.corpus import load
+    from pathlib import Path
+    uaf = "use-after-free: tdp_iter_restart reads a TDP MMU root freed while the zap yielded (no reference held across the yield)"
+    for name, buggy in (("bf61555289a041f0", "new"), ("2a40199cb75dd916", "old")):
+        entry = load(Path(__file__).parent.parent / "corpus" / "x86-tdp" / f"{name}.json")
+        res = run_trace(entry.events, "x86-tdp", side("x86-tdp", entry.old), side("x86-tdp", entry.new), KNOWN,
+                        keep_observations=True)
+        order = [seg.describe() for seg in res.schedules[buggy]]
+        assert order[3:5] == ["ioctl 8 (preempted)", "mm0 9 (preempted)"]
+        assert order[5].startswith("ioctl …8 (waits for ") and order[6] == "vcpu0 10"
+        assert order[7].startswith("mm0 …9")
+        fixed = 1 - ("old", "new").index(buggy)
+        for i, o in enumerate(res.observations[9]):
+            assert [z.gfn for z in o.zapped] == ([0x100] if entry.old != "v5.12" or i else [0x100, 0x101])
+            assert o.warnings == ([uaf] if i != fixed else [])
+        assert [(d.wrong_side, d.shape, d.known) for d in res.divergences] == [(buggy, uaf, True)]

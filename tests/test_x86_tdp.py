@@ -387,3 +387,76 @@ def test_from_v6_8_an_empty_table_costs_no_flush():
         assert o.zapped == [] and origins(o) == [], version
     _, o = last(resolve("x86-tdp", "v5.17"), ev)
     assert origins(o) == ["handle_removed_tdp_mmu_page", "kvm_flush_remote_tlbs"]
+
+
+# ----- root references: one per vCPU, and what the last put does ------------------------------
+def vcpu_model(cls):
+    """The model with the vCPU of each event taken from its task name (no scheduler: every event
+    runs whole, as in one-task mode), so two vCPUs can hold references on one root."""
+    class PerVcpu(cls):
+        vcpu = "main"
+
+        def current_vcpu(self) -> str:
+            return self.vcpu
+    return PerVcpu()
+
+
+def run_vcpus(cls, events, m=None):
+    """Run events on a fresh PerVcpu model of cls (or go on with m); return it and the
+    observations."""
+    from fuzz.runner import apply_event
+    m = m or vcpu_model(cls)
+    obs = []
+    for e in events:
+        m.vcpu = e.task
+        obs.append(apply_event(m, e))
+    return m, obs
+
+
+def vfault(vcpu: str, as_id: int, gfn: int) -> list:
+    from dataclasses import replace
+    return [replace(e, task=vcpu) for e in fault(as_id, gfn)]
+
+
+def two_vcpus_then_delete():
+    """vcpu0 and vcpu1 both run on the as0 root (gfns 0x100, 0x101 mapped), then slot 1 (not
+    the one mapped) is deleted: kvm_mmu_zap_all_fast empties the root and reloads both vCPUs."""
+    far = HVA + (1 << 20)
+    return ([slot(0, 0, 0x100, 0x10, HVA), slot(0, 1, 0x400, 0x10, far), host(HVA, 0x10, 0x1000)]
+            + vfault("vcpu0", 0, 0x100) + vfault("vcpu1", 0, 0x101) + [slot(0, 1, 0x400, 0, far)])
+
+
+def roots(m):
+    return [(r.id, r.invalid, r.refs) for r in m.roots]
+
+
+def test_v513_an_invalid_root_lives_until_the_last_vcpu_reloads():
+    # v5.13 kvm_tdp_mmu_invalidate_all_roots takes an extra reference, which
+    # kvm_tdp_mmu_zap_invalidated_roots puts after zapping: the two vCPUs' references remain.
+    # vcpu0's reload (vcpu_enter_guest -> kvm_mmu_unload) puts one and, since
+    # kvm_tdp_mmu_get_vcpu_root_hpa skips invalid roots, allocates root 1; the unmap's plain
+    # iterator then walks both roots, the invalid one too.  vcpu1's reload puts the last
+    # reference: kvm_tdp_mmu_put_root unlinks and frees root 0, and vcpu1 takes root 1
+    m, _ = run_vcpus(X86TdpV5_13, two_vcpus_then_delete())
+    assert roots(m) == [(0, True, 2)] and m.leaves == {}
+    first = m.roots[0]
+    m, obs = run_vcpus(None, vfault("vcpu0", 0, 0x102) + [InvalidateRangeStart(HVA, HVA + P)], m)
+    assert roots(m) == [(1, False, 1), (0, True, 1)]
+    assert [c.detail for c in obs[-1].calls if c.hook == "zap_gfn_range"] == ["root1", "root0 invalid"]
+    m, _ = run_vcpus(None, [InvalidateRangeEnd(HVA, HVA + P)] + vfault("vcpu1", 0, 0x103), m)
+    assert roots(m) == [(1, False, 2)] and first.freed and first.refs == 0
+
+
+def test_v512_a_reloading_vcpu_takes_the_emptied_root_again_while_another_holds_it():
+    # v5.12 never marks a TDP root invalid: kvm_mmu_zap_all_fast empties root 0 and reloads
+    # the vCPUs; vcpu0's reload puts its reference (1 left, vcpu1's), then
+    # get_tdp_mmu_vcpu_root finds root 0 with the same role and takes it again.  Only a root
+    # whose last reference goes is freed, so one vCPU alone gets a new root (test above:
+    # the one-task model frees it at the first reload)
+    m, _ = run_vcpus(X86TdpV5_12, two_vcpus_then_delete() + vfault("vcpu0", 0, 0x102))
+    assert roots(m) == [(0, False, 2)]
+    assert (0, 0x102, 1) in m.leaves
+    from dataclasses import replace
+    m, _ = run_vcpus(X86TdpV5_12, [replace(e, task="main") for e in
+                                   two_vcpus_then_delete() + vfault("vcpu0", 0, 0x102)])
+    assert roots(m) == [(1, False, 1)]
