@@ -119,6 +119,10 @@ class MmSide:
         self.ptl = LockdepMap("ptl")
         self.ptl_held: dict[int, str] = {}
         self.depth: dict[str, int] = {}
+        # invalidations whose range_end has begun and not returned: the mm is done with the
+        # range, but KVM's count is still raised until the callback ends, so a fault that
+        # commits meanwhile still sees it open
+        self.ending: list[tuple[str, int, int]] = []
 
 
 def lost_race(host: HostPageTable, ev: Event) -> str | None:
@@ -171,10 +175,13 @@ def apply_in_task(model: Kvm, mm: MmSide, sched: Scheduler, ev: Event, apply_eve
         for i in range(len(host.open_invalidations) - 1, -1, -1):
             if host.open_invalidations[i] == (task, ev.start, ev.end):
                 del host.open_invalidations[i]
+                mm.ending.append((task, ev.start, ev.end))
                 break
         mm.start_map.acquire(sched, "__mmu_notifier_invalidate_range_end")
         obs = apply_event(model, ev)
         mm.start_map.release(sched)
+        if (task, ev.start, ev.end) in mm.ending:
+            mm.ending.remove((task, ev.start, ev.end))
         if task in host.invalidating:
             host.invalidating.remove(task)
         mm.depth[task] = mm.depth.get(task, 1) - 1
@@ -303,14 +310,22 @@ def run_side(cls_make, events: list[Event], arch: str, apply_event,
                 if dead[0]:
                     obs = model.obs
                 else:
-                    obs = apply_in_task(model, mm, sched, ev, apply_event)
-                    if obs is None:
-                        obs, skipped = model.obs, True
-                    elif bare:
-                        bare_during.update(in_flight)
-                    elif covered:
+                    # noted before the event runs: a fault may commit while it is preempted
+                    # after changing the host, and its context must already say so
+                    noted_bare = in_flight - bare_during if bare else set()
+                    bare_during.update(noted_bare)
+                    if covered:
                         for f in in_flight:
                             changed_during.setdefault(f, []).append(change)
+                    obs = apply_in_task(model, mm, sched, ev, apply_event)
+                    if obs is None:
+                        # it did not happen on this schedule: take back what was noted
+                        obs, skipped = model.obs, True
+                        bare_during.difference_update(noted_bare)
+                        if covered:
+                            for f in in_flight:
+                                if change in changed_during.get(f, []):
+                                    changed_during[f].remove(change)
                 pos[task] += 1
                 current_event[task] = None
                 post = model.snapshot()
@@ -333,7 +348,7 @@ def run_side(cls_make, events: list[Event], arch: str, apply_event,
                         bare_during.discard(ev.fault)
                         names.append("bare-change_pte-during-fault")
                     if under_open_range(changed_during.pop(ev.fault, []),
-                                        [(s, e) for _, s, e in model.host.open_invalidations]):
+                                        [(s, e) for _, s, e in model.host.open_invalidations + mm.ending]):
                         names.append("host-changed-under-open-invalidation")
                     context = frozenset(names)
                 r.findings = check_side(ev, expect(ev, pre), side, context)

@@ -272,3 +272,32 @@ def test_a_v513_unmap_that_yields_resumes_in_a_root_a_memslot_delete_and_a_reloa
             assert [z.gfn for z in o.zapped] == ([0x100] if entry.old != "v5.12" or i else [0x100, 0x101])
             assert o.warnings == ([uaf] if i != fixed else [])
         assert [(d.wrong_side, d.shape, d.known) for d in res.divergences] == [(buggy, uaf, True)]
+
+
+def test_a_fault_that_commits_inside_another_tasks_change_pte_or_range_end_is_named_by_it():
+    # two corpus entries where a vCPU's fault_commit runs while an mm task is preempted inside an
+    # event, and the fault's leaf maps a pfn the host has just changed.  The fault's context
+    # (what the trace did while it was in flight) must count that event:
+    # - 190f4f48f200db56 (v5.17 side): mm1's change_pte of hva 0x7f00001f9000 (event 20), which
+    #   no open range covers whole (a bare one), is preempted after changing the host pte, and
+    #   vcpu1's fault_commit (event 21) installs gfn 0x1203 on the old pfn;
+    # - f4d21f3950ab3025 (v6.8 side): mm1's invalidate_range_end (event 14) is preempted before
+    #   KVM's count drops, and vcpu0's fault_commit (event 15) maps a 2M leaf over the page that
+    #   mm1's change_pte (event 13) moved under that invalidation: the retry check by the
+    #   faulting gfn alone misses it.
+    # Both were reported as a plain NEW fault-installed-stale-pfn when the context was noted only
+    # after the change_pte returned and dropped the range as soon as range_end began
+    from fuzz.corpus import load
+    from pathlib import Path
+    cases = [("190f4f48f200db56", ["mm1 20 (preempted)", "vcpu1 21"], 21,
+              "fault-installed-stale-pfn-after-bare-change_pte"),
+             ("f4d21f3950ab3025", ["mm1 12,13,14 (preempted)", "vcpu0 15"], 15,
+              "fault-installed-stale-pfn-under-open-invalidation")]
+    for name, order, at, shape in cases:
+        entry = load(Path(__file__).parent.parent / "corpus" / "x86-tdp" / f"{name}.json")
+        res = run_trace(entry.events, "x86-tdp", side("x86-tdp", entry.old), side("x86-tdp", entry.new), KNOWN,
+                        keep_observations=True)
+        seq = [seg.describe() for seg in res.schedules["old"]]
+        assert any(seq[k:k + 2] == order for k in range(len(seq)))
+        stale = [d for d in res.divergences if d.cls == "stale-mapping" and d.shape.startswith("fault-installed-stale")]
+        assert [(d.event_index, d.wrong_side, d.shape, d.known) for d in stale] == [(at, "old", shape, True)]
