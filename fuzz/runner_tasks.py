@@ -77,6 +77,9 @@ class EventRun:
     interleaved: bool = False        # another task ran between its start and its end
     slots_same: bool = True          # the memslots at its end were those at its start
     started_before: tuple = ()       # the events this side started before it, in order
+    # the events started and the events finished, each in order, when it ended: two sides with
+    # the same start order may still differ in what ran inside a preempted event
+    run_order: tuple = ()
     post: object = None              # the model's snapshot when it ended (fuzz/rootcause.py reads it)
 
 
@@ -244,6 +247,7 @@ def run_side(cls_make, events: list[Event], arch: str, apply_event,
 
     segments: list[Segment] = []
     started: list[int] = []          # event indices in the order this side started them
+    finished: list[int] = []         # ... and in the order they ended
     bare_during: set[int] = set()    # faults in flight when a bare change_pte ran
     changed_during: dict[int, list[tuple[int, int]]] = {}   # fault -> host ranges changed under open ones
     # fault_commit event -> (leaves it had installed, the host then) when another task first
@@ -340,6 +344,8 @@ def run_side(cls_make, events: list[Event], arch: str, apply_event,
                     continue
                 r.interleaved, r.slots_same = i in interleaved, pre.slots == post.slots
                 r.started_before = tuple(started[:-1])
+                finished.append(i)
+                r.run_order = (tuple(started), tuple(finished))
                 side = SideResult(pre, post, obs, model.host, installed_host.pop(i, None))
                 context = frozenset()
                 if isinstance(ev, FaultCommit):
@@ -437,7 +443,7 @@ def run_trace_tasks(events: list[Event], arch: str, old, new, apply_event
         f_old, f_new = per[i]
         if f_old or f_new:
             divs = merge_findings(i, ev, f_old, f_new)
-            if r_old.events[i].started_before != r_new.events[i].started_before:
+            if r_old.events[i].run_order != r_new.events[i].run_order:
                 for d in divs:
                     d.sides_differ = True
             out += divs

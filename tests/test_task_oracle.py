@@ -301,3 +301,24 @@ def test_a_fault_that_commits_inside_another_tasks_change_pte_or_range_end_is_na
         assert any(seq[k:k + 2] == order for k in range(len(seq)))
         stale = [d for d in res.divergences if d.cls == "stale-mapping" and d.shape.startswith("fault-installed-stale")]
         assert [(d.event_index, d.wrong_side, d.shape, d.known) for d in stale] == [(at, "old", shape, True)]
+
+
+def test_sides_whose_start_order_agrees_still_differ_when_a_task_ran_inside_a_preempted_event():
+    # corpus entry (x86-tdp v5.12..v5.13, a PCT schedule): both sides start the events in one
+    # order, but on v5.12 mm1's invalidate_range_start (event 19) is preempted before its zap and
+    # vcpu0's fault (15, 16) maps the 2M leaf inside it, so the zap takes the leaf; on v5.13
+    # event 19 runs whole first and zaps nothing.  mm1's change_pte of a 4K page in that huge
+    # page (20) then leaves the leaf on the old pfn on v5.13 only.  Both versions skip huge
+    # leaves in change_pte (the known 'both' entry), so the one-sided finding is the schedules'
+    # doing: it was reported NEW when only the start order was compared
+    from fuzz.corpus import load
+    from pathlib import Path
+    entry = load(Path(__file__).parent.parent / "corpus" / "x86-tdp" / "7c5a735f4acf8761.json")
+    res = run_trace(entry.events, "x86-tdp", side("x86-tdp", "v5.12"), side("x86-tdp", "v5.13"), KNOWN,
+                    keep_observations=True)
+    old, new = ([seg.describe() for seg in res.schedules[s]] for s in ("old", "new"))
+    assert old[2:5] == ["mm1 1,17,19 (preempted)", "vcpu0 15,16 (exits)", "mm1 …19,20,21"]
+    assert new[2:5] == ["mm1 1,17,19", "vcpu0 15,16 (exits)", "mm1 20,21"]
+    (miss,) = [d for d in res.divergences if d.cls == "missed-invalidation"]
+    assert (miss.event_index, miss.wrong_side, miss.shape) == (20, "new", "old-pfn-still-mapped-huge-leaf")
+    assert miss.sides_differ and miss.known and "other side's schedule" in miss.explanation
