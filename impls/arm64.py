@@ -40,8 +40,9 @@ Recording: each handler reports the gfns its page-table walk really covers: the 
 span; for set_spte, age and test_age the single page at the first gfn (they never look
 past it).  Warnings use the same text in both versions for the same condition.
 
-Not modelled: cond_resched_lock between 1 GiB chunks of an unmap when may_block (no
-other thread runs in a trace; the chunk count is shown in the call detail); the dcache
+An unmap that may block (the notifier's with a blockable range, a memslot's removal) offers
+mmu_lock to other tasks between 1 GiB chunks (cond_resched_lock; the chunk count is shown in the
+call detail).  Not modelled: the dcache
 clean+invalidate of cacheable leaves on unmap (no observation; skipped with FWB); the
 dcache clean in change_pte is only written to obs.note; write-protection on enabling dirty
 logging (kvm_mmu_wp_memory_region); device / VM_PFNMAP memory; nested stage 2; tracepoints.
@@ -128,7 +129,6 @@ class Arm64Mmu(Kvm):
     def unmap_stage2_range(self, as_id: int, start: int, end: int, may_block: bool) -> str:
         # v5.12 arch/arm64/kvm/mmu.c stage2_apply_range: cut at 1 GiB (stage-2 PGD entry)
         # boundaries, re-read pgt per chunk; cond_resched_lock between chunks when may_block
-        # (not modelled: nothing else runs inside one trace event)
         if not self.pgt:
             self.warn(W_UNMAP_NO_PGT)
             return "no pgt"
@@ -138,6 +138,12 @@ class Arm64Mmu(Kvm):
             nxt = min(addr - addr % PUD_PAGES + PUD_PAGES, end)
             self.stage2_unmap(as_id, addr, nxt)
             chunks += 1
+            if may_block and nxt != end:
+                self.cond_resched_lock()
+                if not self.pgt:
+                    # the next chunk re-reads mmu->pgt, which the VM's teardown may have cleared
+                    self.warn(W_UNMAP_NO_PGT)
+                    break
             addr = nxt
         return f"pgd chunks {chunks}" + (", may_block" if may_block else "")
 

@@ -125,6 +125,14 @@ class Kvm:
             self.warn("mmu_lock released while not held")
         self.mmu_lock_held = False
 
+    def cond_resched_lock(self) -> None:
+        """cond_resched_lock(&kvm->mmu_lock) in a walk that may block: the kernel drops and
+        retakes the lock when another task wants it or needs the CPU, which a model cannot
+        know, so it always offers the point (another task may run there in task mode)."""
+        # v5.12 include/linux/sched.h cond_resched_lock (kernel/sched/core.c __cond_resched_lock)
+        self.mmu_unlock()
+        self.mmu_lock()
+
     # ----- other kernel locks: real in task mode, no-ops when every event runs atomically ----
     def spin_lock(self, lock: Mutex) -> None:
         if self.sched is not None:

@@ -61,7 +61,7 @@ and aligned unmap cursor, batched flushes), so NOT modelled as v6.19.
 
 Not modelled: ioremap of VM_PFNMAP regions at memslot creation, dirty-log write protection,
 Sv57 (5 levels), the 32-bit Sv32x4 mode, memslots beyond the G-stage gpa size (-EFAULT at
-prepare), cond_resched_lock inside the unmap loop (noted in the call detail), a misaligned
+prepare), a misaligned
 superpage PPN (the hardware faults on it: only noted), the dirty bit every G-stage pte gets.
 """
 from __future__ import annotations
@@ -142,7 +142,8 @@ class RiscvGstage(Kvm):
     def stage2_unmap_range(self, start: int, end: int, may_block: bool) -> str:
         # v5.16 arch/riscv/kvm/mmu.c stage2_unmap_range: the cursor moves by the size of the
         # level where the walk stopped, from where it is; only a leaf starting at the cursor
-        # and fitting in the rest of the range is cleared (stage2_op_pte, flushed on the spot)
+        # and fitting in the rest of the range is cleared (stage2_op_pte, flushed on the spot);
+        # with may_block, cond_resched_lock after each step that leaves the range unfinished
         addr, cleared, skipped = start, 0, []
         while addr < end:
             leaf, klevel = self.stage2_get_leaf_entry(addr)
@@ -155,6 +156,9 @@ class RiscvGstage(Kvm):
                 else:
                     skipped.append(leaf.gfn)
             addr += n
+            if may_block and addr < end:
+                # offered after every step, leaf or not, as the kernel's loop does
+                self.cond_resched_lock()
         detail = f"cleared {cleared}"
         if skipped:
             detail += ", skipped huge leaves at " + ", ".join(f"{g:#x}" for g in skipped)

@@ -170,6 +170,25 @@ def test_unmap_chunks_at_1g_and_not_blockable():
         assert want in obs[-1].calls[0].detail
 
 
+def test_a_blockable_unmap_offers_mmu_lock_between_1g_chunks():
+    # v5.12 arch/arm64/kvm/mmu.c stage2_apply_range: cond_resched_lock(&kvm->mmu_lock) after a
+    # chunk when resched is set and more chunks follow, so another task may take the lock with
+    # the first chunk unmapped and the second still mapped; never after the last chunk, and
+    # never when the range may not block
+    ev = [slot(0, 0, 0x3ff00, 0x200, HVA), host(HVA, 0x200, 0x5000)] + fault(0, 0x3ffff) + fault(0, 0x40000)
+    for cls in BOTH:
+        for blockable, want in ((True, [[0x40000]]), (False, [])):
+            class Spy(cls):
+                def cond_resched_lock(self):
+                    self.seen.append(sorted(k[1] for k in self.leaves))
+                    super().cond_resched_lock()
+            m = Spy()
+            m.seen = []
+            for e in ev + [InvalidateRangeStart(HVA, HVA + 0x200 * P, blockable)]:
+                apply_event(m, e)
+            assert m.seen == want and not m.leaves
+
+
 # ----- change_pte / set_spte ---------------------------------------------------------------
 
 def test_set_spte_break_before_make_and_eagain():

@@ -88,6 +88,23 @@ def test_fault_maps_a_2m_block_and_unmap_of_all_of_it_clears_it_with_one_hfence(
     assert not m.leaves
 
 
+def test_a_blockable_unmap_offers_mmu_lock_after_every_step_but_the_last():
+    # v5.16 arch/riscv/kvm/mmu.c stage2_unmap_range: after each step of the cursor, when
+    # may_block and the range goes on, cond_resched_lock(&kvm->mmu_lock): another task may
+    # take the lock between two pages, with the first cleared and the second still mapped
+    ev = [slot(0, 0, 0x100, 0x10, HVA), host(HVA, 0x10, 0x1000)] + fault(0, 0x100) + fault(0, 0x101)
+    for blockable, want in ((True, [[0x101], []]), (False, [])):
+        class Spy(cls("riscv-sv39", "v6.8")):
+            def cond_resched_lock(self):
+                self.seen.append(sorted(k[1] for k in self.leaves))
+                super().cond_resched_lock()
+        m = Spy()
+        m.seen = []
+        for e in ev + [InvalidateRangeStart(HVA, HVA + 3 * P, blockable)]:
+            apply_event(m, e)
+        assert m.seen == want and not m.leaves
+
+
 def test_unmap_of_part_of_a_2m_block_skips_it():
     m, _ = two_m_block()
     # [0x200, 0x201): the block starts at the cursor but 1 page < 512: not cleared; the cursor
