@@ -62,11 +62,14 @@ class X86ShadowMmu(Kvm):
             for index in range(first, last + 1):
                 yield level, index, start_gfn + ((index - first) << KVM_HPAGE_GFN_SHIFT[level])
 
-    def walk_rmaps(self, hook: str, slot: Memslot, start_gfn: int, end_gfn: int, handler, pte) -> bool:
+    def walk_rmaps(self, hook: str, slot: Memslot, start_gfn: int, end_gfn: int, handler, pte,
+                   can_yield: bool = False) -> bool:
         """Run `handler` on the rmap heads for [start_gfn, end_gfn) and OR the results.
 
         Same visits as for_each_slot_rmap_range, but heads without an SPTE are skipped:
-        every rmap handler does nothing and returns false on an empty head."""
+        every rmap handler does nothing and returns false on an empty head.  With can_yield
+        (from 548f87f667a3 only) `rmap_yield` runs after each head: it may flush what is
+        pending and returns what stays pending."""
         ret = False
         shape = []
         # the slot's leaves, found in one pass over the leaves (then split by level below)
@@ -80,10 +83,16 @@ class X86ShadowMmu(Kvm):
                 if first <= index <= last:
                     gfn = start_gfn + ((index - first) << s)
                     ret |= bool(handler(self.rmap_head(slot, level, index), slot, gfn, level, pte))
+                    if can_yield:
+                        ret = self.rmap_yield(slot, start_gfn, gfn, ret)
         self.record_call(hook, slot, start_gfn, end_gfn, " ".join(shape))
         return ret
 
     # ----- rmap handlers (same code in v5.12 and v5.13) --------------------------------
+    def rmap_yield(self, slot: Memslot, start_gfn: int, gfn: int, flush: bool) -> bool:
+        """What the walk does after a head when it may yield: nothing before 548f87f667a3."""
+        return flush
+
     def kvm_unmap_rmapp(self, head: Leaf | None, slot, gfn, level, pte) -> bool:
         # v5.12 arch/x86/kvm/mmu/mmu.c kvm_unmap_rmapp -> kvm_zap_rmapp: drop every SPTE, no flush
         if head is None:
@@ -242,8 +251,41 @@ class X86AgingConfig_v6_19(X86ShadowMmu):
             self.mmu_unlock()
 
 
+class X86ShadowRmapZapYield_548f87f667a3(X86ShadowMmu):
+    """548f87f667a3 (Sean Christopherson, "KVM: x86/mmu: Honor NEED_RESCHED when zapping rmaps
+    and blocking is allowed", kvm-x86 mmu for v6.12): kvm_unmap_gfn_range zaps the rmaps through
+    __kvm_rmap_zap_gfn_range, i.e. __walk_slot_rmaps with can_yield = range->may_block and
+    flush_on_yield.  After any rmap head the walk may yield mmu_lock; before it does, a pending
+    flush is done as kvm_flush_remote_tlbs_range(start_gfn, iterator.gfn - start_gfn + 1), and
+    the flush no longer pending is not reported upward.  need_resched() is not deterministic, so
+    the model yields after every head it zaps (the most yields the walk can show, each with the
+    smallest flush).  Without Hyper-V's ranged flush (hyperv_range_flush off, the default) the
+    ranged flush is a full one; with it, the range ends at the iterator's gfn, which on a level
+    after 4K is the start plus a multiple of the level's pages, so earlier levels' zaps above it
+    stay unflushed.  Applied from v6.19, the first modelled release after v6.12."""
+
+    def kvm_unmap_gfn_range(self, range: KvmGfnRange) -> bool:
+        # v6.12 arch/x86/kvm/mmu/mmu.c kvm_unmap_gfn_range -> __kvm_rmap_zap_gfn_range
+        return self.walk_rmaps(hook="kvm_unmap_rmapp", slot=range.slot, start_gfn=range.start,
+                               end_gfn=range.end, handler=self.kvm_unmap_rmapp, pte=range.pte,
+                               can_yield=range.may_block)
+
+    def rmap_yield(self, slot, start_gfn: int, gfn: int, flush: bool) -> bool:
+        # v6.12 arch/x86/kvm/mmu/mmu.c __walk_slot_rmaps: flush_on_yield, then
+        # cond_resched_rwlock_write; x86.c kvm_arch_flush_remote_tlbs_range is Hyper-V's only,
+        # else kvm_flush_remote_tlbs_range flushes everything
+        if flush:
+            if self.hyperv_range_flush:
+                self.flush_tlb_range(slot.as_id, start_gfn, gfn + 1, "kvm_flush_remote_tlbs_range (yield)")
+            else:
+                self.kvm_flush_remote_tlbs("kvm_flush_remote_tlbs_range (yield)")
+        self.cond_resched_lock()
+        return False
+
+
 # commits after v5.13 that change what this arch's handlers do, from the release that has them
-LATER_OVERRIDES = [("v5.15", X86ShadowSyncPageFlushes_6bc6db000295), ("v6.19", X86AgingConfig_v6_19)]
+LATER_OVERRIDES = [("v5.15", X86ShadowSyncPageFlushes_6bc6db000295), ("v6.12", X86ShadowRmapZapYield_548f87f667a3),
+                   ("v6.19", X86AgingConfig_v6_19)]
 
 MODELS = {"x86-shadow": {
     "v5.12": (X86ShadowV5_12, ""),

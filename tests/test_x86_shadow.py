@@ -201,3 +201,40 @@ def test_rc1_and_final_agree_on_x86_shadow():
     ev = two_slots() + fault(0, 0x100) + [ClearYoung(HVA + 40 * P, HVA + 41 * P),
                                           InvalidateRangeStart(HVA, HVA + 8 * P)]
     assert diverge("x86-shadow", ("v5.13-rc1", X86ShadowV5_13), ("v5.13", X86ShadowV5_13), ev) == []
+
+
+# ----- 548f87f667a3 (v6.12): the notifier's rmap zap may yield, flushing first ------------------
+def test_v6_19_blockable_unmap_flushes_before_each_yield_and_owes_nothing_after():
+    # v6.12 mmu.c kvm_unmap_gfn_range -> __walk_slot_rmaps(can_yield = may_block, flush_on_yield):
+    # the model yields after every head it zaps; each yield first flushes what is pending
+    # (kvm_flush_remote_tlbs_range: a full flush without Hyper-V), so the walk returns false and
+    # the common walker does not flush again.  A range that may not block never yields: one
+    # flush, by the walker, at the end.  v6.10 has no yield at all
+    from impls.registry import resolve
+    ev = [slot(0, 0, 0x100, 0x10, HVA), host(HVA, 0x10, 0x1000)] + fault(0, 0x100) + fault(0, 0x101)
+    yield_flush = "kvm_flush_remote_tlbs_range (yield)"
+    for version, blockable, want in (("v6.19", True, [yield_flush, yield_flush]),
+                                     ("v6.19", False, ["kvm_flush_remote_tlbs"]),
+                                     ("v6.10", True, ["kvm_flush_remote_tlbs"])):
+        _, obs = run_model(resolve("x86-shadow", version), ev + [InvalidateRangeStart(HVA, HVA + 2 * P, blockable)])
+        assert [f.origin for f in obs[-1].flushes] == want, (version, blockable)
+        assert sorted(z.gfn for z in obs[-1].zapped) == [0x100, 0x101]
+
+
+def test_v6_19_yield_flush_with_hyperv_ranges_ends_at_the_iterators_gfn():
+    # with Hyper-V's ranged flush the yield flushes [start_gfn, iterator.gfn]: on the 2M level
+    # the iterator's gfn is start + 512 per head, not the frame's end.  Range [0x100, 0x400)
+    # over a 2M leaf at 0x200: its head is the level's second (index 1), gfn 0x100 + 0x200
+    from impls.registry import resolve
+
+    class HyperV(resolve("x86-shadow", "v6.19")):
+        hyperv_range_flush = True
+    M2 = 2 << 20
+    base = HVA + 0x100 * P                  # gfn 0x200 at HVA + 2 MiB: the frame may be huge
+    ev = [slot(0, 0, 0x100, 0x300, base), host(base, 0x100, 0x1000), host(HVA + M2, 0x200, 0x40000, M2)]
+    ev += fault(0, 0x234)
+    m, obs = run_model(HyperV, ev + [InvalidateRangeStart(base, base + 0x300 * P)])
+    assert [(x.gfn, x.pages) for x in obs[-2].installed] == [(0x200, 0x200)]
+    (f,) = obs[-1].flushes
+    assert (f.scope, f.start, f.end, f.origin) == ("range", 0x100, 0x301, "kvm_flush_remote_tlbs_range (yield)")
+    assert not m.leaves
