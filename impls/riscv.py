@@ -148,16 +148,21 @@ class RiscvGstage(Kvm):
         while addr < end:
             leaf, klevel = self.stage2_get_leaf_entry(addr)
             n = level_pages(klevel)
+            cleared_here = False
             if leaf is not None:
                 if addr % n == 0 and end - addr >= n:
                     self.zap_leaf(leaf)
                     self.stage2_remote_tlb_flush(klevel, addr)
                     cleared += 1
+                    cleared_here = True
                 else:
                     skipped.append(leaf.gfn)
             addr += n
-            if may_block and addr < end:
-                # offered after every step, leaf or not, as the kernel's loop does
+            if may_block and addr < end and cleared_here:
+                # the kernel offers it after every step; the model after a step that cleared a
+                # leaf (a step that changed nothing leaves the state another task would see as
+                # it was after the previous one), which keeps the points per event bounded by
+                # the leaves and not by the range
                 self.cond_resched_lock()
         detail = f"cleared {cleared}"
         if skipped:
