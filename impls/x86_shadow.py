@@ -88,6 +88,15 @@ class X86ShadowMmu(Kvm):
         self.record_call(hook, slot, start_gfn, end_gfn, " ".join(shape))
         return ret
 
+    # ----- flushes ---------------------------------------------------------------------
+    def flush_with_address(self, gfn: int, pages: int, origin: str) -> None:
+        # v5.12 arch/x86/kvm/mmu/mmu.c kvm_flush_remote_tlbs_with_address (kvm_flush_remote_tlbs_range
+        # from v6.3): a ranged flush only with Hyper-V's hook, otherwise a full kvm_flush_remote_tlbs
+        if self.hyperv_range_flush:
+            self.flush_tlb_range(None, gfn, gfn + pages, origin)
+        else:
+            self.kvm_flush_remote_tlbs(origin)
+
     # ----- rmap handlers (same code in v5.12 and v5.13) --------------------------------
     def rmap_yield(self, slot: Memslot, start_gfn: int, gfn: int, flush: bool) -> bool:
         """What the walk does after a head when it may yield: nothing before 548f87f667a3."""
@@ -271,14 +280,10 @@ class X86ShadowRmapZapYield_548f87f667a3(X86ShadowMmu):
                                can_yield=range.may_block)
 
     def rmap_yield(self, slot, start_gfn: int, gfn: int, flush: bool) -> bool:
-        # v6.12 arch/x86/kvm/mmu/mmu.c __walk_slot_rmaps: flush_on_yield, then
-        # cond_resched_rwlock_write; x86.c kvm_arch_flush_remote_tlbs_range is Hyper-V's only,
-        # else kvm_flush_remote_tlbs_range flushes everything
+        # v6.12 arch/x86/kvm/mmu/mmu.c __walk_slot_rmaps: flush_on_yield over [start_gfn,
+        # iterator.gfn], then cond_resched_rwlock_write
         if flush:
-            if self.hyperv_range_flush:
-                self.flush_tlb_range(slot.as_id, start_gfn, gfn + 1, "kvm_flush_remote_tlbs_range (yield)")
-            else:
-                self.kvm_flush_remote_tlbs("kvm_flush_remote_tlbs_range (yield)")
+            self.flush_with_address(start_gfn, gfn - start_gfn + 1, "kvm_flush_remote_tlbs_range (yield)")
         self.cond_resched_lock()
         return False
 

@@ -85,15 +85,6 @@ class X86TdpMmu(TdpIter, X86ShadowMmu):
         # has no unsync pages, so tlbs_dirty never moves
         self.obs.note = "not modelled on this arch"
 
-    # ----- flushes -----------------------------------------------------------------------------
-    def flush_with_address(self, gfn: int, pages: int, origin: str) -> None:
-        # v5.12 arch/x86/kvm/mmu/mmu.c kvm_flush_remote_tlbs_with_address: a ranged flush only
-        # with Hyper-V's hook, otherwise a full kvm_flush_remote_tlbs
-        if self.hyperv_range_flush:
-            self.flush_tlb_range(None, gfn, gfn + pages, origin)
-        else:
-            self.kvm_flush_remote_tlbs(origin)
-
     # ----- roots -------------------------------------------------------------------------------
     def roots_of(self, as_id: int) -> list[Root]:
         # v5.13 arch/x86/kvm/mmu/tdp_mmu.c for_each_tdp_mmu_root: list order, as_id filter only
@@ -534,7 +525,9 @@ class X86TdpV5_13(X86TdpMmu, X86ShadowV5_13):
         # root down with the shared zap: one flush per zeroed SPTE, none at the end
         # kvm_tdp_mmu_invalidate_all_roots: every live root (an invalid one again) takes an
         # extra reference and is marked invalid; kvm_tdp_mmu_zap_invalidated_roots zaps each
-        # invalid live root in list order and puts that reference, which may free it
+        # invalid live root in list order and puts that reference, which may free it.  The
+        # model keeps the caller's exclusive mmu_lock across both halves (no read side, see the
+        # module doc), so other tasks run only where the deferred zap yields
         for root in self.roots:
             if root.refs:
                 root.refs += 1

@@ -12,7 +12,7 @@ from impls.arm64 import (MODELS, W_AGE_SIZE, W_SET_SPTE_SIZE, W_TEST_AGE_SIZE, W
                          W_UNMAP_SIZE, Arm64V5_12, Arm64V5_13)
 from fuzz.runner import apply_event
 from impls.machine import KVM_MEM_LOG_DIRTY_PAGES, LEVEL_1G, LEVEL_2M, LEVEL_4K, HostPte
-from util import HVA, P, diverge, fault, gfns, handed, host, run_model, slot
+from util import HVA, P, diverge, fault, gfns, handed, host, resched_points, run_model, slot
 
 V12, V13 = Arm64V5_12, Arm64V5_13
 BOTH = (V12, V13)
@@ -178,15 +178,8 @@ def test_a_blockable_unmap_offers_mmu_lock_between_1g_chunks():
     ev = [slot(0, 0, 0x3ff00, 0x200, HVA), host(HVA, 0x200, 0x5000)] + fault(0, 0x3ffff) + fault(0, 0x40000)
     for cls in BOTH:
         for blockable, want in ((True, [[0x40000]]), (False, [])):
-            class Spy(cls):
-                def cond_resched_lock(self):
-                    self.seen.append(sorted(k[1] for k in self.leaves))
-                    super().cond_resched_lock()
-            m = Spy()
-            m.seen = []
-            for e in ev + [InvalidateRangeStart(HVA, HVA + 0x200 * P, blockable)]:
-                apply_event(m, e)
-            assert m.seen == want and not m.leaves
+            m, seen = resched_points(cls, ev + [InvalidateRangeStart(HVA, HVA + 0x200 * P, blockable)])
+            assert seen == want and not m.leaves
 
 
 # ----- change_pte / set_spte ---------------------------------------------------------------

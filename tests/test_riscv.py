@@ -17,7 +17,7 @@ from impls import registry
 from impls.machine import KVM_MEM_LOG_DIRTY_PAGES, LEVEL_1G, LEVEL_2M, LEVEL_4K
 from impls.riscv import (HFENCE, P4D_PAGES, PUD_PAGES, W_AGE_SIZE, RiscvSv39,
                          RiscvSv48)
-from util import HVA, P, diverge, fault, gfns, handed, host, run_model, slot
+from util import HVA, P, diverge, fault, gfns, handed, host, resched_points, run_model, slot
 
 M2 = 2 << 20
 G1 = 1 << 30
@@ -96,15 +96,8 @@ def test_a_blockable_unmap_offers_mmu_lock_after_each_step_that_cleared_a_leaf()
     # so the points per event are bounded by the leaves, not by the range
     ev = [slot(0, 0, 0x100, 0x10, HVA), host(HVA, 0x10, 0x1000)] + fault(0, 0x100) + fault(0, 0x102)
     for blockable, want in ((True, [[0x102], []]), (False, [])):
-        class Spy(cls("riscv-sv39", "v6.8")):
-            def cond_resched_lock(self):
-                self.seen.append(sorted(k[1] for k in self.leaves))
-                super().cond_resched_lock()
-        m = Spy()
-        m.seen = []
-        for e in ev + [InvalidateRangeStart(HVA, HVA + 4 * P, blockable)]:
-            apply_event(m, e)
-        assert m.seen == want and not m.leaves
+        m, seen = resched_points(cls("riscv-sv39", "v6.8"), ev + [InvalidateRangeStart(HVA, HVA + 4 * P, blockable)])
+        assert seen == want and not m.leaves
 
 
 def test_unmap_of_part_of_a_2m_block_skips_it():

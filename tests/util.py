@@ -47,3 +47,17 @@ def gfns(*spans: tuple[int, int, int]) -> GfnSet:
 def diverge(arch: str, old: tuple[str, type[Kvm]], new: tuple[str, type[Kvm]], events: list):
     """Divergences between two models on a trace (known list applied)."""
     return run_trace(events, arch, Side(*old), Side(*new), load_known()).divergences
+
+
+def resched_points(cls: type[Kvm], events: list) -> tuple[Kvm, list[list[int]]]:
+    """Run events on a model of cls that records, at every cond_resched_lock, the gfns still
+    mapped then; return the model and those lists (one per point offered)."""
+    class Spy(cls):
+        def cond_resched_lock(self):
+            self.seen.append(sorted(k[1] for k in self.leaves))
+            super().cond_resched_lock()
+    model = Spy()
+    model.seen = []
+    for e in events:
+        apply_event(model, e)
+    return model, model.seen
