@@ -19,10 +19,12 @@ def _simpler_values(ev: Event) -> list[Event]:
     """Candidate simplifications of one event's numbers, simplest first."""
     out = []
     if isinstance(ev, Schedule):
-        # fewer preemptions, or a shallower PCT schedule (dropping the directive altogether,
-        # the default schedule, is tried by the event removal passes)
+        # fewer preemptions, fewer skipped yields, or a shallower PCT schedule (dropping the
+        # directive altogether, the default schedule, is tried by the event removal passes)
         for k in range(len(ev.preempt)):
             out.append(dataclasses.replace(ev, preempt=ev.preempt[:k] + ev.preempt[k + 1:]))
+        for k in range(len(ev.no_resched)):
+            out.append(dataclasses.replace(ev, no_resched=ev.no_resched[:k] + ev.no_resched[k + 1:]))
         if ev.pct is not None and ev.pct[1] > 1:
             out.append(dataclasses.replace(ev, pct=(ev.pct[0], ev.pct[1] - 1)))
         return out

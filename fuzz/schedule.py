@@ -13,6 +13,10 @@ Two policies, both deterministic, so a saved trace replays its schedule exactly:
   random scheduling points the running task drops below every other.  A bug of depth d shows
   with probability at least 1/(n k^(d-1)) per run (n tasks, k steps).
 
+Either policy answers need_resched() (impls/tasks.py) from the directive's `no_resched` list:
+no at the queries it names (counted from 0 over one side's run), yes everywhere else, so a walk
+that may block yields wherever it may unless the schedule says it did not need to.
+
 Exploration (fuzz/engines/explore.py) draws PCT schedules for random runs and enumerates preempt lists
 up to a bound for exhaustive ones; the minimizer shrinks either form.
 """
@@ -27,7 +31,8 @@ from impls.tasks import Policy, Scheduler, Task
 from language.trace import Event, Schedule
 
 # Who watches the choices (fuzz/engines/explore.py): called as recorder(sched, runnable, current,
-# at_boundary, chosen) at every scheduling point of every run while it is installed.
+# at_boundary, chosen) at every scheduling point of every run while it is installed, and as
+# recorder.resched(sched, query, answer) at every need_resched() query.
 Recorder = Callable[[Scheduler, list[Task], "Task | None", bool, Task], None]
 _recorders: list[Recorder] = []
 
@@ -48,13 +53,25 @@ def _chose(sched: Scheduler, runnable: list[Task], current: Task | None, at_boun
     return t
 
 
-class TraceOrder(Policy):
+class _Answers(Policy):
+    """need_resched() from a directive's `no_resched` list: no at those queries, else yes."""
+    no_resched: frozenset = frozenset()
+
+    def need_resched(self, sched: Scheduler, query: int) -> bool:
+        answer = query not in self.no_resched
+        if _recorders:
+            _recorders[-1].resched(sched, query, answer)
+        return answer
+
+
+class TraceOrder(_Answers):
     """Events start in trace order; a running event keeps the CPU until it blocks or ends."""
 
-    def __init__(self, next_index, current_index, preempt: tuple = ()):
+    def __init__(self, next_index, current_index, preempt: tuple = (), no_resched: tuple = ()):
         self.next_index = next_index          # task name -> trace index of its next event (or a big number)
         self.current_index = current_index    # task name -> trace index of the event it is in (or None)
         self.preempt = dict(preempt)
+        self.no_resched = frozenset(no_resched)
 
     def choose(self, sched: Scheduler, runnable: list[Task], current: Task | None, at_boundary: bool) -> Task:
         return _chose(sched, runnable, current, at_boundary, self._choose(sched, runnable, current, at_boundary))
@@ -73,10 +90,11 @@ class TraceOrder(Policy):
         return min(runnable, key=lambda t: self.next_index(t.name))
 
 
-class Pct(Policy):
+class Pct(_Answers):
     """PCT with `depth` priority change points over an estimated `steps` scheduling points."""
 
-    def __init__(self, seed: int, depth: int, tasks: list[str], steps: int):
+    def __init__(self, seed: int, depth: int, tasks: list[str], steps: int, no_resched: tuple = ()):
+        self.no_resched = frozenset(no_resched)
         rng = random.Random(seed)
         order = list(tasks)
         rng.shuffle(order)
@@ -98,5 +116,7 @@ def policy_for(directive: Schedule | None, events: list[Event], next_index, curr
     if directive is not None and directive.pct is not None:
         seed, depth = directive.pct
         tasks = sorted({e.task for e in events if not isinstance(e, Schedule)})
-        return Pct(seed, depth, tasks, steps=8 * len(events) + 8)
-    return TraceOrder(next_index, current_index, directive.preempt if directive is not None else ())
+        return Pct(seed, depth, tasks, steps=8 * len(events) + 8, no_resched=directive.no_resched)
+    if directive is None:
+        return TraceOrder(next_index, current_index)
+    return TraceOrder(next_index, current_index, directive.preempt, directive.no_resched)

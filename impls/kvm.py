@@ -125,13 +125,26 @@ class Kvm:
             self.warn("mmu_lock released while not held")
         self.mmu_lock_held = False
 
-    def cond_resched_lock(self) -> None:
-        """cond_resched_lock(&kvm->mmu_lock) in a walk that may block: the kernel drops and
-        retakes the lock when another task wants it or needs the CPU, which a model cannot
-        know, so it always offers the point (another task may run there in task mode)."""
-        # v5.12 include/linux/sched.h cond_resched_lock (kernel/sched/core.c __cond_resched_lock)
+    def need_resched(self) -> bool:
+        """need_resched() || rwlock_needbreak(&kvm->mmu_lock), asked by a walk that may yield:
+        true unless the schedule says otherwise (task mode, a `no_resched` directive; see
+        impls/tasks.py).  With every event atomic nothing else could run, so it is always true
+        there: the walk yields, and flushes first where it would, at every point it may."""
+        return self.sched is None or self.sched.need_resched()
+
+    def resched_lock(self) -> None:
+        """Drop mmu_lock and take it again: the yield itself, once need_resched() said yes
+        (another task may run there in task mode)."""
         self.mmu_unlock()
         self.mmu_lock()
+
+    def cond_resched_lock(self) -> None:
+        """cond_resched_lock(&kvm->mmu_lock) in a walk that may block: the lock is dropped and
+        retaken only when the CPU or the lock is wanted (`need_resched`)."""
+        # v5.12 include/linux/sched.h cond_resched_lock (kernel/sched/core.c __cond_resched_lock:
+        # spin_needbreak or should_resched, else nothing)
+        if self.need_resched():
+            self.resched_lock()
 
     # ----- other kernel locks: real in task mode, no-ops when every event runs atomically ----
     def spin_lock(self, lock: Mutex) -> None:

@@ -10,6 +10,11 @@ is the policy's (fuzz/ passes one in), so a saved trace replays its schedule exa
 Scheduling points: the start of every event, every lock acquisition (before) and release
 (after), every voluntary yield (cond_resched), srcu synchronize, and every wait.
 
+need_resched(): whether a walk that may block gives up its lock at a point where the kernel
+would if the CPU were wanted (`Scheduler.need_resched`).  The scheduler numbers these queries
+in the order they are made and the policy answers each; the base policy always says yes (every
+such walk yields wherever it may), and a schedule may say no at chosen queries.
+
 Primitives and the kernel semantics they keep:
 * `Mutex`: spinlock_t / struct mutex / the exclusive (write) side of an rwlock_t: one holder.
 * `RwSem`: struct rw_semaphore with its fairness: waiters queue in order; a reader is admitted
@@ -150,6 +155,10 @@ class Policy:
             return current
         return runnable[0]
 
+    def need_resched(self, sched: "Scheduler", query: int) -> bool:
+        """The answer to need_resched() query number `query` of this run (see the module doc)."""
+        return True
+
 
 class Scheduler:
     """Runs tasks as greenlets over one model, one at a time, switching only at scheduling
@@ -169,6 +178,7 @@ class Scheduler:
         self.hit_step_limit = False
         self._main: greenlet | None = None
         self.lockdep_event = 0          # set by the runner: the event the running task is in
+        self.resched_queries = 0        # need_resched() queries made so far
 
     # ----- set-up and the loop (called from outside the tasks) ---------------------------
     def add(self, name: str, body: Callable[[], None]) -> Task:
@@ -250,6 +260,14 @@ class Scheduler:
         if self._main is None:
             return
         self._main.switch(boundary)
+
+    def need_resched(self) -> bool:
+        """need_resched() || rwlock_needbreak(): the running task's walk asks whether to yield.
+        The kernel's answer depends on timer ticks and on who spins on the lock, which no model
+        knows, so the policy answers, query by query."""
+        query = self.resched_queries
+        self.resched_queries += 1
+        return self.policy.need_resched(self, query)
 
     def wait_until(self, ready: Callable[[], bool], what: str, holders: Callable[[], list[str]]) -> None:
         """Park the current task until `ready()`; the scheduler re-checks it at every point."""

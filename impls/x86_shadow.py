@@ -266,9 +266,10 @@ class X86ShadowRmapZapYield_548f87f667a3(X86ShadowMmu):
     __kvm_rmap_zap_gfn_range, i.e. __walk_slot_rmaps with can_yield = range->may_block and
     flush_on_yield.  After any rmap head the walk may yield mmu_lock; before it does, a pending
     flush is done as kvm_flush_remote_tlbs_range(start_gfn, iterator.gfn - start_gfn + 1), and
-    the flush no longer pending is not reported upward.  need_resched() is not deterministic, so
-    the model yields after every head it zaps (the most yields the walk can show, each with the
-    smallest flush).  Without Hyper-V's ranged flush (hyperv_range_flush off, the default) the
+    the flush no longer pending is not reported upward.  The model asks need_resched() after
+    every head it zaps (Kvm.need_resched: true unless a schedule says no, so by default the
+    most yields the walk can show, each with the smallest flush); heads without an SPTE are
+    not visited, so no yield comes after one.  Without Hyper-V's ranged flush (hyperv_range_flush off, the default) the
     ranged flush is a full one; with it, the range ends at the iterator's gfn, which on a level
     after 4K is the start plus a multiple of the level's pages, so earlier levels' zaps above it
     stay unflushed.  Applied from v6.19, the first modelled release after v6.12."""
@@ -280,11 +281,13 @@ class X86ShadowRmapZapYield_548f87f667a3(X86ShadowMmu):
                                can_yield=range.may_block)
 
     def rmap_yield(self, slot, start_gfn: int, gfn: int, flush: bool) -> bool:
-        # v6.12 arch/x86/kvm/mmu/mmu.c __walk_slot_rmaps: flush_on_yield over [start_gfn,
-        # iterator.gfn], then cond_resched_rwlock_write
+        # v6.12 arch/x86/kvm/mmu/mmu.c __walk_slot_rmaps: only when need_resched(), flush_on_yield
+        # over [start_gfn, iterator.gfn], then cond_resched_rwlock_write
+        if not self.need_resched():
+            return flush
         if flush:
             self.flush_with_address(start_gfn, gfn - start_gfn + 1, "kvm_flush_remote_tlbs_range (yield)")
-        self.cond_resched_lock()
+        self.resched_lock()
         return False
 
 

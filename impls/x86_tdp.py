@@ -27,12 +27,13 @@ What we model
   [start, end), which frees the child table and everything below it: each freed table costs one
   TLB flush in handle_removed_tdp_mmu_page (kvm_flush_remote_tlbs_with_address, a full flush
   without Hyper-V), even when the table held no leaf any more.
-* Yields (v5.13 notifier zap with may_block; every zap that passes can_yield): need_resched()
-  is not deterministic, so we fix one rule: the zap yields just before zeroing an SPTE when at
-  least one SPTE was already zeroed by this zap_gfn_range call since it started or last
-  yielded.  That satisfies the kernel's forward-progress test and is the most yields the walk
-  can show; each yield first flushes if a flush is pending (the zap's own `flush` argument),
-  then drops and retakes mmu_lock.  Because the notifier wrappers OR the zap's result into the
+* Yields (v5.13 notifier zap with may_block; every zap that passes can_yield): the zap may
+  yield just before zeroing an SPTE when at least one SPTE was already zeroed by this
+  zap_gfn_range call since it started or last yielded (the kernel's forward-progress test,
+  narrowed to points where something changed).  There it asks need_resched(), which is true
+  unless a schedule says no (Kvm.need_resched): by default the most yields the walk can show.
+  Each yield first flushes if a flush is pending (the zap's own `flush` argument), then drops
+  and retakes mmu_lock.  Because the notifier wrappers OR the zap's result into the
   incoming flush (`flush |=`), a flush done at a yield is still reported upward; that redundant
   final flush (fixed in v5.16 by c7785d85b6c6, X86TdpUnmapFlush_c7785d85b6c6 from v5.17) needs
   an incoming flush of true, i.e. a second root of the same address space or a non-empty rmap
@@ -212,12 +213,11 @@ class X86TdpMmu(TdpIter, X86ShadowMmu):
             self.flush_with_address(gfn, self.span(level), "tdp_mmu_zap_spte_atomic")
 
     def iter_cond_resched(self, flush: bool) -> None:
-        # v5.12 arch/x86/kvm/mmu/tdp_mmu.c tdp_mmu_iter_cond_resched: flush what is pending,
-        # drop and retake mmu_lock, restart the walk from the root (our rule decides when)
+        # v5.12 arch/x86/kvm/mmu/tdp_mmu.c tdp_mmu_iter_cond_resched, once need_resched() said
+        # yes: flush what is pending, drop and retake mmu_lock, restart the walk from the root
         if flush:
             self.kvm_flush_remote_tlbs("tdp_mmu_iter_cond_resched")
-        self.mmu_unlock()
-        self.mmu_lock()
+        self.resched_lock()
 
     def zap_gfn_range(self, root: Root, start: int, end: int, can_yield: bool, flush: bool,
                       shared: bool = False) -> bool:
@@ -241,7 +241,7 @@ class X86TdpMmu(TdpIter, X86ShadowMmu):
             level, gfn = spte
             if keeps(level, gfn, self.spte_kind(root, level, gfn)):
                 continue
-            if can_yield and zeroed_since_yield:
+            if can_yield and zeroed_since_yield and self.need_resched():
                 self.iter_cond_resched(flush)
                 flush = False
                 zeroed_since_yield = 0

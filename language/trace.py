@@ -16,7 +16,9 @@ scheduler picks its task, and runs until it ends or blocks on a lock.  Events wi
 belong to the task "main" and are left out of the JSON, so every trace written before tasks
 existed loads, saves and replays exactly as it did (same schema).  A `schedule` directive
 (`{"op": "schedule", "preempt": [[12, "vcpu0"]]}` or `{"op": "schedule", "pct": [seed, depth]}`)
-says how the scheduler departs from its default: see fuzz/schedule.py.
+says how the scheduler departs from its default: see fuzz/schedule.py.  Either may carry
+`"no_resched": [3, 7]`: the need_resched() queries (counted from 0 in one side's run) that
+answer no, so a walk that may yield does not yield there (impls/tasks.py).
 """
 from __future__ import annotations
 
@@ -180,10 +182,13 @@ class Release(Event):
 class Schedule(Event):
     """A directive, not a kernel event: how the tasks interleave.  `preempt`: at scheduling
     point N switch to task T (when it can run); `pct`: (seed, depth) of a PCT schedule.  With
-    neither, the default: events start in trace order and run until they end or block."""
+    neither, the default: events start in trace order and run until they end or block.
+    `no_resched`: the need_resched() queries that answer no (sorted, distinct); every other
+    query answers yes."""
     op: ClassVar[str] = "schedule"
     preempt: tuple = ()
     pct: tuple | None = None
+    no_resched: tuple = ()
 
 
 EVENT_TYPES: dict[str, type[Event]] = {cls.op: cls for cls in (
@@ -252,6 +257,8 @@ def event_to_json(ev: Event) -> dict:
             d["preempt"] = [list(p) for p in ev.preempt]
         if ev.pct is not None:
             d["pct"] = list(ev.pct)
+        if ev.no_resched:
+            d["no_resched"] = list(ev.no_resched)
     else:
         for name, in_hex in _json_fields(type(ev)):
             v = getattr(ev, name)
@@ -272,7 +279,7 @@ def dumps(events: list[Event]) -> str:
 
 
 def _schedule_from_json(d: dict, where: str) -> Schedule:
-    extra = set(d) - {"op", "preempt", "pct"}
+    extra = set(d) - {"op", "preempt", "pct", "no_resched"}
     if extra:
         raise TraceError(f"{where}: field {sorted(extra)[0]}: not a field of schedule")
     preempt = d.get("preempt", [])
@@ -286,7 +293,11 @@ def _schedule_from_json(d: dict, where: str) -> Schedule:
         raise TraceError(f"{where}: field pct: expected [seed, depth] with 0 <= depth <= 64")
     if preempt and pct is not None:
         raise TraceError(f"{where}: field pct: a schedule is either preempt or pct, not both")
-    return Schedule(preempt=tuple((p, t) for p, t in preempt), pct=tuple(pct) if pct is not None else None)
+    no_resched = d.get("no_resched", [])
+    if not (isinstance(no_resched, list) and all(type(q) is int and 0 <= q < 1 << 32 for q in no_resched)):
+        raise TraceError(f"{where}: field no_resched: expected a list of need_resched() query numbers (0 or more)")
+    return Schedule(preempt=tuple((p, t) for p, t in preempt), pct=tuple(pct) if pct is not None else None,
+                    no_resched=tuple(sorted(set(no_resched))))
 
 
 def _field_value(f, raw, where: str):

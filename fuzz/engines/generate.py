@@ -510,6 +510,11 @@ class _Gen:
             out.insert(0, Schedule(preempt=tuple(points)))
         elif kind == "pct":
             out.insert(0, Schedule(pct=(self.src.int(0, (1 << 32) - 1), self.src.int(2, 4))))
+        if kind != "default" and self.src.weighted([(3, False), (1, True)]):
+            # a walk that may block does not yield at one or two of its first need_resched()
+            # queries (walks ask after each leaf they zap, so the first few are the ones met)
+            skip = tuple(sorted({self.src.int(0, 7) for _ in range(self.src.int(1, 2))}))
+            out[0] = dataclasses.replace(out[0], no_resched=skip)
         return out
 
 
