@@ -179,6 +179,7 @@ def cmd_run(args) -> int:
                         max_traces=args.max_traces,
                         minimize_attempts=args.minimize_attempts if args.max_traces else None,
                         schedules=args.schedules, preemptions=args.preemptions,
+                        skipped_yields=args.skipped_yields or 0,
                         max_schedules=args.max_schedules,
                         minimize_budget=per_arch if args.minimize_budget is None else args.minimize_budget))
     versions = list(dict.fromkeys((o, n) for _, o, n in pairs))
@@ -317,7 +318,8 @@ def check_run_options(args) -> None:
                              "side's scheduling points in this process, and a candidate runs only in its "
                              "worker); use --schedules pct")
     else:
-        for opt, value in (("--preemptions", args.preemptions), ("--max-schedules", args.max_schedules)):
+        for opt, value in (("--preemptions", args.preemptions), ("--max-schedules", args.max_schedules),
+                           ("--skipped-yields", args.skipped_yields)):
             if value is not None:
                 raise UsageError(f"{opt}: only with --schedules exhaustive")
     if args.preemptions is None:
@@ -554,8 +556,9 @@ def cmd_explore(args) -> int:
                              "use run --tasks or show with a schedule directive")
     check_well_formed(events, str(path))
     tasks = program_tasks(events)
-    if len(tasks) < 2:
-        print(f"explore {path}: one task ({', '.join(tasks) or 'no events'}): nothing to explore")
+    if len(tasks) < 2 and not (tasks and args.skipped_yields):
+        print(f"explore {path}: one task ({', '.join(tasks) or 'no events'}): nothing to explore "
+              "(--skipped-yields K explores where its walks yield)")
         return 0
     sides = _side(arch, old), _side(arch, new)
     known = load_known()
@@ -568,10 +571,12 @@ def cmd_explore(args) -> int:
             print(f"  explore: {tick['runs']} schedules, now at {len(ex.key)} departure(s) from the "
                   "default schedule", file=sys.stderr, flush=True)
     ex = explore(events, arch, *sides, known, args.preemptions, args.max_schedules, args.seed,
-                 on_schedule=progress)
-    print(f"explore {path}: {arch} {old}..{new}, {len(tasks)} tasks ({', '.join(tasks)}), up to "
-          f"{args.preemptions} preemption{'s' if args.preemptions != 1 else ''}: {len(ex.schedules)} "
-          f"schedules, {ex.status} ({ex.seconds:.1f} s)")
+                 on_schedule=progress, skipped_yields=args.skipped_yields)
+    skips = (f" and {args.skipped_yields} skipped yield{'s' if args.skipped_yields != 1 else ''}"
+             if args.skipped_yields else "")
+    print(f"explore {path}: {arch} {old}..{new}, {len(tasks)} task{'s' if len(tasks) != 1 else ''} "
+          f"({', '.join(tasks)}), up to {args.preemptions} preemption{'s' if args.preemptions != 1 else ''}"
+          f"{skips}: {len(ex.schedules)} schedules, {ex.status} ({ex.seconds:.1f} s)")
     job = Job(arch, sides[0], sides[1], 0.0, args.seed or 0, Path(args.out),
               minimize_attempts=args.minimize_attempts, engine="explore")
     res = JobResult(job)
@@ -702,6 +707,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "--engine random only)")
     r.add_argument("--preemptions", type=argtypes.int_range(0), default=None, metavar="K",
                    help=f"--schedules exhaustive: the preemption bound (default {DEFAULT_PREEMPTIONS})")
+    r.add_argument("--skipped-yields", type=argtypes.int_range(0), default=None, metavar="K",
+                   help="--schedules exhaustive: most yields a schedule skips (need_resched() answered "
+                        "no where a walk that may block asks; default 0)")
     r.add_argument("--max-schedules", type=argtypes.int_range(1), default=None, metavar="N",
                    help="--schedules exhaustive: schedules per generated program at most (default "
                         f"{DEFAULT_RUN_SCHEDULES}; a program cut there is explored in a seeded order)")
@@ -745,6 +753,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--preemptions", type=argtypes.int_range(0), default=DEFAULT_PREEMPTIONS, metavar="K",
                    help="most preemptions per schedule (a switch away from a task inside an event; "
                         f"switches at event ends or when a task blocks are free); default {DEFAULT_PREEMPTIONS}")
+    e.add_argument("--skipped-yields", type=argtypes.int_range(0), default=0, metavar="K",
+                   help="most yields a schedule skips: points where a walk that may block asks "
+                        "need_resched() and, told no, keeps mmu_lock and flushes nothing there; "
+                        "default 0 (every such walk yields wherever it may)")
     e.add_argument("--max-schedules", type=argtypes.int_range(1), default=DEFAULT_EXPLORE_SCHEDULES,
                    metavar="N", help=f"stop after N schedules (default {DEFAULT_EXPLORE_SCHEDULES}); the "
                    "output says \"complete\" or \"cut at N\"")

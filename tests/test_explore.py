@@ -4,15 +4,17 @@ explored directive, and the `explore` command."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from fuzz import cli
 from fuzz.engines.explore import (exits_commute, explore, explore_side, program_tasks, replay_choices,
                           strip_schedule)
-from fuzz.runner import run_trace
+from fuzz.runner import Side, run_trace
+from impls import registry
 from language.trace import (GuestAccess, HostMap, InvalidateRangeEnd, InvalidateRangeStart, Release, Schedule,
-                        SetMemoryRegion, dumps, loads)
+                        SetMemoryRegion, dumps, load, loads)
 from language.wellformed import check_well_formed
 from test_tasks import KNOWN, YIELD, H, P, no_flush_yield, side
 
@@ -202,7 +204,8 @@ def test_explore_input_errors_and_one_task(tmp_path, capsys):
     one.write_text(dumps([HostMap(H, P, 1), InvalidateRangeStart(H, H + P), InvalidateRangeEnd(H, H + P)]))
     assert explore_cli(one, "--out", tmp_path / "o") == 0
     out = capsys.readouterr().out
-    assert out.strip() == f"explore {one}: one task (main): nothing to explore"
+    assert out.strip() == (f"explore {one}: one task (main): nothing to explore "
+                           "(--skipped-yields K explores where its walks yield)")
 
 
 def test_run_with_exhaustive_schedules(tmp_path, capsys):
@@ -220,3 +223,53 @@ def test_run_with_exhaustive_schedules(tmp_path, capsys):
         assert exit_code(["run", "--arch", "x86-shadow", "--out", str(tmp_path / "o"), "--max-time", "1"] + bad) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1
+
+
+# ----- skipped yields: need_resched() answered no ----------------------------------------------
+def hyperv_v6_19() -> Side:
+    """The v6.19 legacy MMU with Hyper-V's ranged flush (kvm_x86_ops.flush_remote_tlbs_range)."""
+    class HyperV(registry.resolve("x86-shadow", "v6.19")):
+        hyperv_range_flush = True
+    return Side("v6.19+hyperv", HyperV)
+
+
+LEAD = strip_schedule(load(Path(__file__).resolve().parent.parent / "docs/leads/hyperv-yield-flush/trace.json"))
+
+
+def test_skipping_one_yield_finds_the_hyperv_flush_on_yield_miss():
+    # 548f87f667a3 (v6.12): the notifier's rmap zap asks need_resched() after each head it
+    # zaps, level by level: the 4K head of gfn 0x500 (query 0), then the 2M head of 0x200
+    # (query 1), flushing [start_gfn, iterator.gfn] before a yield.  Yes at both (the
+    # default): each zap is flushed at its own yield.  No at query 0: the 4K zap is still
+    # pending at the 2M yield, whose range is [0x100, 0x100 + 512] = [0x100, 0x300], and
+    # `flush` is false after it: gfn 0x500 stays in the TLB.
+    v619, hv = side("x86-shadow", "v6.19"), hyperv_v6_19()
+    none = explore(LEAD, "x86-shadow", v619, hv, KNOWN, 0)
+    assert none.complete and not any(s.result.divergences for s in none.schedules)
+    one = explore(LEAD, "x86-shadow", v619, hv, KNOWN, 0, skipped_yields=1)
+    assert one.complete
+    assert {s.key for s in none.schedules} < {s.key for s in one.schedules}
+    assert all(sum(len(e) == 3 for e in s.key) == 1 for s in one.schedules
+               if s.key not in {x.key for x in none.schedules})
+    (d, sched), = one.findings()
+    assert d.signature.endswith("|invalidate_range_start|new|missing-gfns") and "gfn [0x500,0x501)" in d.detail
+    assert sched == Schedule(no_resched=(0,))
+    # the directive replays the skip on its own, and without Hyper-V the yield's flush is full
+    assert run_trace([sched] + LEAD, "x86-shadow", v619, hv, KNOWN).divergences
+    assert not any(s.result.divergences for s in explore(LEAD, "x86-shadow", v619, v619, KNOWN, 0,
+                                                         skipped_yields=2).schedules)
+    # before 548f87f667a3 the notifier's rmap zap never yields: nothing to skip, nothing missed
+    v610 = side("x86-shadow", "v6.10")
+    skips = explore(LEAD, "x86-shadow", v610, v610, KNOWN, 0, skipped_yields=1)
+    assert [s.key for s in skips.schedules] == [s.key for s in explore(LEAD, "x86-shadow", v610, v610,
+                                                                       KNOWN, 0).schedules]
+    assert not any(s.result.divergences for s in skips.schedules)
+
+
+def test_explore_skipped_yields_on_one_task_trace(tmp_path, capsys):
+    trace = tmp_path / "lead.json"
+    trace.write_text(dumps(LEAD))
+    assert explore_cli(trace, "--arch", "x86-shadow", "--old", "v6.10", "--new", "v6.19", "--preemptions", "0",
+                       "--skipped-yields", "1", "--out", tmp_path / "o") == 0
+    out = capsys.readouterr().out
+    assert "1 task (main), up to 0 preemptions and 1 skipped yield:" in out and "schedules, complete" in out

@@ -35,6 +35,14 @@ tree runs through the normal comparison (fuzz.runner.run_trace, which records bo
 once, so a directive met in both trees runs once).  Every explored schedule is a directive,
 so every finding replays from a saved trace.
 
+Skipped yields.  A walk that may block asks need_resched() where it may yield
+(impls/tasks.py); the default schedule answers yes every time.  With `skipped_yields` K > 0 a
+query answered yes is a choice too: answering no (the walk goes on holding the lock, and flushes
+nothing there) is a departure, named in the directive's `no_resched` list and written in a key
+as (step, "", query), which sorts after every choice made before that query and before the
+choice at that step.  Each costs one against K, not against the preemption bound, so the
+schedules of K = 0 are exactly those of an exploration without skips.
+
 Candidates (file.py:Class) are refused: the records come from the scheduler in this process,
 and a candidate runs only in its worker (fuzz/contain.py).
 """
@@ -54,7 +62,10 @@ from fuzz.runner_tasks import run_side, task_of
 from fuzz.schedule import recording
 from language.trace import MAIN_TASK, Event, Release, Schedule
 
-Key = tuple[tuple[int, str], ...]        # a directive's preempt entries, by step
+# a directive's entries in the order of the run: (step, task) runs task at scheduling point
+# step; (step, "", query) answers need_resched() query number `query` (made after step - 1
+# choices) with no
+Key = tuple[tuple, ...]
 
 
 class ExploreError(Exception):
@@ -76,20 +87,48 @@ class Point:
                    and task != self.current)
 
 
+@dataclass(frozen=True)
+class Resched:
+    """One need_resched() query of a recorded run: made after `step` scheduling choices."""
+    step: int
+    query: int
+    answer: bool
+
+    def entry(self) -> tuple:
+        return (self.step, "", self.query)
+
+
+def _position(x) -> tuple:
+    """Where a recorded point or a key entry falls in a run: the queries made after `step`
+    choices come before choice number `step`."""
+    if isinstance(x, Point):
+        return (x.step, 1, 0)
+    if isinstance(x, Resched):
+        return (x.step, 0, x.query)
+    return (x[0], 1, 0) if len(x) == 2 else (x[0], 0, x[2])
+
+
 class ChoiceLog:
     """A recorder for fuzz.schedule.recording: the points of each scheduler run in turn (in
-    task mode run_trace runs the old side, then the new one, each with its own scheduler)."""
+    task mode run_trace runs the old side, then the new one, each with its own scheduler),
+    need_resched() queries among them."""
 
     def __init__(self) -> None:
-        self.runs: list[list[Point]] = []
+        self.runs: list[list[Point | Resched]] = []
         self._sched = None
 
-    def __call__(self, sched, runnable, current, at_boundary, chosen) -> None:
+    def _run(self, sched) -> list:
         if sched is not self._sched:
             self._sched = sched
             self.runs.append([])
-        self.runs[-1].append(Point(sched.steps, tuple(t.name for t in runnable),
-                                   current.name if current is not None else None, at_boundary, chosen.name))
+        return self.runs[-1]
+
+    def __call__(self, sched, runnable, current, at_boundary, chosen) -> None:
+        self._run(sched).append(Point(sched.steps, tuple(t.name for t in runnable),
+                                      current.name if current is not None else None, at_boundary, chosen.name))
+
+    def resched(self, sched, query: int, answer: bool) -> None:
+        self._run(sched).append(Resched(sched.steps, query, answer))
 
     def done(self) -> list[list[Point]]:
         self._sched = None
@@ -97,7 +136,18 @@ class ChoiceLog:
 
 
 def directive(key: Key) -> Schedule:
-    return Schedule(preempt=tuple(key))
+    return Schedule(preempt=tuple(e for e in key if len(e) == 2),
+                    no_resched=tuple(sorted(e[2] for e in key if len(e) == 3)))
+
+
+def chosen(points: list) -> tuple[str, ...]:
+    """The task chosen at each scheduling point of a recorded run, in order."""
+    return tuple(p.chosen for p in points if isinstance(p, Point))
+
+
+def skipped(points: list) -> set[tuple[int, int]]:
+    """(step, query) of every need_resched() query a recorded run answered no."""
+    return {(p.step, p.query) for p in points if isinstance(p, Resched) and not p.answer}
 
 
 def strip_schedule(events: list[Event]) -> list[Event]:
@@ -113,8 +163,8 @@ def program_tasks(events: list[Event]) -> list[str]:
     return sorted({task_of(e) for e in prog})
 
 
-def preemptions(points: list[Point]) -> int:
-    return sum(p.cost(p.chosen) for p in points)
+def preemptions(points: list) -> int:
+    return sum(p.cost(p.chosen) for p in points if isinstance(p, Point))
 
 
 @dataclass
@@ -166,22 +216,28 @@ class _Cut(Exception):
     pass
 
 
-def _children(points: list[Point], key: Key, exits: dict[str, int] | None) -> list[tuple[int, Key]]:
-    """Every schedule one departure away from the run of `key`, after its last entry: (cost
-    of the departure, directive), by step then task name.  With `exits` (task -> number of
-    events), a task that has ended its last event and has only its exit left is not chosen
-    early: see `exits_commute`."""
-    last = key[-1][0] if key else -1
+def _children(points: list, key: Key, exits: dict[str, int] | None,
+              skips: bool = False) -> list[tuple[int, int, Key]]:
+    """Every schedule one departure away from the run of `key`, after its last entry:
+    (preemptions it costs, yields it skips, directive), in the order of the run, tasks by
+    name.  With `skips`, a need_resched() query answered yes may be answered no.  With `exits`
+    (task -> number of events), a task that has ended its last event and has only its exit
+    left is not chosen early: see `exits_commute`."""
+    last = _position(key[-1]) if key else (-1, 1, 0)
     finished = dict.fromkeys(exits or (), 0)     # events each task has ended so far
     out = []
     for p in points:
+        if isinstance(p, Resched):
+            if skips and p.answer and _position(p) > last:
+                out.append((0, 1, key + (p.entry(),)))
+            continue
         if exits is not None and p.boundary and p.current in p.runnable:
             finished[p.current] = finished.get(p.current, 0) + 1
-        if p.step <= last:
+        if _position(p) <= last:
             continue
         for t in sorted(p.runnable):
             if t != p.chosen and not (exits is not None and t in exits and finished[t] >= exits[t]):
-                out.append((p.cost(t), key + ((p.step, t),)))
+                out.append((p.cost(t), 0, key + ((p.step, t),)))
     return out
 
 
@@ -198,25 +254,31 @@ def exits_commute(program: list[Event]) -> dict[str, int] | None:
     return dict(Counter(task_of(e) for e in prog))
 
 
-def _check_replay(parent: tuple[str, ...], child: list[Point], entry: tuple[int, str], side: str) -> None:
+def _check_replay(parent: tuple[str, ...], child: list, entry: tuple, side: str) -> None:
     """The child's run repeats the parent's choices up to the new entry, then takes it."""
-    step, task = entry
-    want = list(parent[:step]) + [task]
-    got = [p.chosen for p in child[:len(want)]]
-    if got != want:
+    step = entry[0]
+    want = list(parent[:step]) + ([entry[1]] if len(entry) == 2 else [])
+    got = list(chosen(child)[:len(want)])
+    if got != want or (len(entry) == 3 and (step, entry[2]) not in skipped(child)):
         raise ExploreError(f"side {side}: the schedule with {list(entry)} did not replay its prefix "
                            f"(choices {got} instead of {want}): the model is not deterministic")
 
 
-Runner = Callable[[Key], tuple[dict[str, list[Point]], "TraceResult | None"]]
+Runner = Callable[[Key], tuple[dict[str, list], "TraceResult | None"]]
+
+
+def _took(key: Key, choices: tuple[str, ...], skips: set[tuple[int, int]]) -> bool:
+    """Whether a side's run took every entry of `key`."""
+    return all((e[0], e[2]) in skips if len(e) == 3 else e[0] < len(choices) and choices[e[0]] == e[1]
+               for e in key)
 
 
 def _explore(names: list[str], exits: dict[str, int] | None, run: Runner, bound: int, cap: int | None,
              seed: int | None, deadline: float | None,
-             on_schedule: Callable[[Explored], None] | None) -> Exploration:
-    """Breadth first over the number of departures, within the preemption bound, over each
-    named side's tree; `run(key)` runs a directive and returns each side's points (and the
-    comparison, if any)."""
+             on_schedule: Callable[[Explored], None] | None, skip_bound: int = 0) -> Exploration:
+    """Breadth first over the number of departures, within the preemption bound and the
+    bound on skipped yields, over each named side's tree; `run(key)` runs a directive and
+    returns each side's points (and the comparison, if any)."""
     started = time.monotonic()
     out = Exploration(bound, cap)
     rng = random.Random(seed) if seed is not None and cap is not None else None
@@ -232,10 +294,9 @@ def _explore(names: list[str], exits: dict[str, int] | None, run: Runner, bound:
                 out.stopped_by = "deadline"
                 raise _Cut
             recs, result = run(key)
-            choices[key] = {s: tuple(p.chosen for p in recs[s]) for s in names}
+            choices[key] = {s: chosen(recs[s]) for s in names}
             # a side that did not take every entry never meets this directive in its own tree
-            records[key] = {s: recs[s] for s in names if s == side or all(
-                step < len(choices[key][s]) and choices[key][s][step] == task for step, task in key)}
+            records[key] = {s: recs[s] for s in names if s == side or _took(key, choices[key][s], skipped(recs[s]))}
             ex = Explored(key, choices[key], {s: preemptions(recs[s]) for s in names}, result)
             out.schedules.append(ex)
             if on_schedule:
@@ -247,25 +308,25 @@ def _explore(names: list[str], exits: dict[str, int] | None, run: Runner, bound:
 
     # one departure from the default schedule, anywhere, before any two: breadth first by the
     # number of entries of the directive, then by preemptions, then by the entries themselves
-    level: list[tuple[int, Key, int, tuple[str, ...] | None]] = [(0, (), i, None) for i in range(len(names))]
+    level: list[tuple[int, int, Key, int, tuple[str, ...] | None]] = [(0, 0, (), i, None) for i in range(len(names))]
     depth = 0
     try:
         while level:
             if rng is not None:
                 rng.shuffle(level)
-                level.sort(key=lambda x: x[0])           # stable: shuffled within a cost
+                level.sort(key=lambda x: (x[0], x[1]))   # stable: shuffled within a cost
             else:
-                level.sort(key=lambda x: (x[0], x[1], x[2]))
+                level.sort(key=lambda x: (x[0], x[1], x[2], x[3]))
             deeper = []
-            for cost, key, i, parent in level:
+            for cost, skips, key, i, parent in level:
                 side = names[i]
                 points = get(key, side)
                 if parent is not None:
                     _check_replay(parent, points, key[-1], side)
                 mine = choices[key][side]
-                for c, child in _children(points, key, exits):
-                    if cost + c <= bound:
-                        deeper.append((cost + c, child, i, mine))
+                for c, k, child in _children(points, key, exits, skips < skip_bound):
+                    if cost + c <= bound and skips + k <= skip_bound:
+                        deeper.append((cost + c, skips + k, child, i, mine))
             out.covered = depth
             level, depth = deeper, depth + 1
     except _Cut:
@@ -275,8 +336,9 @@ def _explore(names: list[str], exits: dict[str, int] | None, run: Runner, bound:
 
 
 def explore_side(program: list[Event], arch: str, side: Side, bound: int, max_schedules: int | None = None,
-                 seed: int | None = None, deadline: float | None = None) -> Exploration:
-    """Every schedule of `program` on one model, up to `bound` preemptions (no comparison)."""
+                 seed: int | None = None, deadline: float | None = None, skipped_yields: int = 0) -> Exploration:
+    """Every schedule of `program` on one model, up to `bound` preemptions and
+    `skipped_yields` yields skipped (no comparison)."""
     if side.contained:
         raise ExploreError(f"{side.name}: a candidate runs only in its worker process, where its "
                            "schedules cannot be recorded")
@@ -288,14 +350,15 @@ def explore_side(program: list[Event], arch: str, side: Side, bound: int, max_sc
             run_side(side.make, [directive(key)] + prog, arch, apply_event)
         runs = log.done()
         return {"side": runs[0] if runs else []}, None
-    return _explore(["side"], exits_commute(prog), run, bound, max_schedules, seed, deadline, None)
+    return _explore(["side"], exits_commute(prog), run, bound, max_schedules, seed, deadline, None, skipped_yields)
 
 
 def explore(program: list[Event], arch: str, old: Side, new: Side, known: list[KnownEntry], bound: int,
             max_schedules: int | None = None, seed: int | None = None, deadline: float | None = None,
-            on_schedule: Callable[[Explored], None] | None = None) -> Exploration:
-    """Every schedule of `program` on either side up to `bound` preemptions, each compared
-    as fuzz.runner.run_trace compares a trace (its schedule directive is replaced)."""
+            on_schedule: Callable[[Explored], None] | None = None, skipped_yields: int = 0) -> Exploration:
+    """Every schedule of `program` on either side up to `bound` preemptions and
+    `skipped_yields` yields skipped, each compared as fuzz.runner.run_trace compares a trace
+    (its schedule directive is replaced)."""
     for s in (old, new):
         if s.contained:
             raise ExploreError(f"{s.name}: a candidate runs only in its worker process, where its "
@@ -311,7 +374,8 @@ def explore(program: list[Event], arch: str, old: Side, new: Side, known: list[K
         if len(runs) != 2:
             raise ExploreError(f"expected a recorded run per side, got {len(runs)}")
         return {"old": runs[0], "new": runs[1]}, res
-    return _explore(["old", "new"], exits_commute(prog), run, bound, max_schedules, seed, deadline, on_schedule)
+    return _explore(["old", "new"], exits_commute(prog), run, bound, max_schedules, seed, deadline, on_schedule,
+                    skipped_yields)
 
 
 def replay_choices(events: list[Event], arch: str, side: Side) -> tuple[str, ...]:
@@ -320,4 +384,4 @@ def replay_choices(events: list[Event], arch: str, side: Side) -> tuple[str, ...
     with recording(log):
         run_side(side.make, list(events), arch, apply_event)
     runs = log.done()
-    return tuple(p.chosen for p in runs[0]) if runs else ()
+    return chosen(runs[0]) if runs else ()

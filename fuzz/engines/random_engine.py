@@ -51,6 +51,7 @@ class Job:
     minimize_attempts: int | None = None   # minimization budget in calls, not seconds
     schedules: str = "pct"           # pct: the generated schedule | exhaustive: every one (fuzz/engines/explore.py)
     preemptions: int = 2             # exhaustive: the preemption bound
+    skipped_yields: int = 0          # exhaustive: most yields skipped (need_resched() answered no)
     max_schedules: int = 200         # exhaustive: schedules per program at most
     minimize_budget: float | None = None   # seconds for all minimizations of the job (None: no cap)
     claims: Path | None = None       # --jobs: a directory where workers claim signatures (fuzz/engines/parallel.py)
@@ -143,7 +144,8 @@ def explored(events: list[Event], job: Job, known: list[KnownEntry], res: JobRes
     """Every schedule of a generated program up to job.preemptions (at most job.max_schedules,
     the seed picking the order of siblings), instead of its one generated schedule: each
     distinct divergence with the trace (program and the simplest directive) that shows it."""
-    ex = explore(events, job.arch, job.old, job.new, known, job.preemptions, job.max_schedules, seed, deadline)
+    ex = explore(events, job.arch, job.old, job.new, known, job.preemptions, job.max_schedules, seed, deadline,
+                 skipped_yields=job.skipped_yields)
     res.schedules += len(ex.schedules)
     res.events += sum(s.result.events for s in ex.schedules if s.result is not None)
     res.explored += 1

@@ -1,17 +1,8 @@
-"""v6.19 legacy MMU with Hyper-V's ranged flush, where need_resched() turns true only after a 2M head."""
+"""The v6.19 legacy MMU as it runs on Hyper-V: kvm_x86_ops.flush_remote_tlbs_range is set, so
+a ranged flush flushes only its range (elsewhere it is a full flush).  Nothing else differs
+from the shipped model."""
 from impls import registry
 
-Base = registry.resolve("x86-shadow", "v6.19")
 
-
-class HyperVYieldAt2M(Base):
+class HyperV(registry.resolve("x86-shadow", "v6.19")):
     hyperv_range_flush = True
-
-    def kvm_unmap_rmapp(self, head, slot, gfn, level, pte):
-        self.last_level = level
-        return super().kvm_unmap_rmapp(head, slot, gfn, level, pte)
-
-    def rmap_yield(self, slot, start_gfn, gfn, flush):
-        if getattr(self, "last_level", 1) == 2:
-            return super().rmap_yield(slot, start_gfn, gfn, flush)
-        return flush
