@@ -5,7 +5,7 @@
     memslot-fuzz replay PATH... [--update]
     memslot-fuzz ci --mode code-change|batch|prune --seconds N --jobs K
     memslot-fuzz show TRACE.json [--arch NAME --old V --new V] [--html OUT.html]
-    memslot-fuzz explore TRACE.json [--arch NAME --old V --new V] --preemptions K [--max-schedules N]
+    memslot-fuzz explore TRACE.json [--arch NAME --old V --new V] --preemptions K [--skipped-yields K] [--max-schedules N]
 
 Exit codes: 0 nothing outside the known list (or replay matched), 1 a new divergence (or a
 replay mismatch), 2 usage or input error (one line on stderr, no traceback).
@@ -313,10 +313,6 @@ def check_run_options(args) -> None:
     if args.schedules == "exhaustive":
         if args.engine != "random":
             raise UsageError(f"--schedules exhaustive: only with --engine random (not {args.engine})")
-        if is_candidate(args.old or "") or is_candidate(args.new or ""):
-            raise UsageError("--schedules exhaustive cannot run a candidate (the explorer records each "
-                             "side's scheduling points in this process, and a candidate runs only in its "
-                             "worker); use --schedules pct")
     else:
         for opt, value in (("--preemptions", args.preemptions), ("--max-schedules", args.max_schedules),
                            ("--skipped-yields", args.skipped_yields)):
@@ -549,11 +545,6 @@ def cmd_explore(args) -> int:
     path = Path(args.trace)
     events, arch, old, new, _ = load_trace_arg(args)
     arch = arch or "x86-shadow"         # a plain trace names no arch
-    for spec in (old, new):
-        if is_candidate(spec):
-            raise UsageError(f"explore cannot run a candidate ({spec}): the explorer records each side's "
-                             "scheduling points in this process, and a candidate runs only in its worker; "
-                             "use run --tasks or show with a schedule directive")
     check_well_formed(events, str(path))
     tasks = program_tasks(events)
     if len(tasks) < 2 and not (tasks and args.skipped_yields):
@@ -748,8 +739,10 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("explore", help="every schedule of a trace's program up to a preemption bound")
     e.add_argument("trace")
     e.add_argument("--arch", default=None, help="default: the entry's, or x86-shadow for a plain trace")
-    e.add_argument("--old", default=None, help="a version (not a candidate)")
-    e.add_argument("--new", default=None, help="a version (not a candidate)")
+    e.add_argument("--old", default=None,
+                   help="a version or a candidate file.py:Class (default: the entry's, else v5.12)")
+    e.add_argument("--new", default=None,
+                   help="a version or a candidate file.py:Class (default: the entry's, else v5.13)")
     e.add_argument("--preemptions", type=argtypes.int_range(0), default=DEFAULT_PREEMPTIONS, metavar="K",
                    help="most preemptions per schedule (a switch away from a task inside an event; "
                         f"switches at event ends or when a task blocks are free); default {DEFAULT_PREEMPTIONS}")

@@ -187,6 +187,14 @@ def _serve(conn, arch: str, names: tuple[str, str], where, parent_pid: int) -> N
                 msg = ("ok", runner.run_trace(events, arch, sides["old"], sides["new"], [], *args[1:]))
             elif what == "replay_details":
                 msg = ("ok", details.replay_details(events, sides["old"], sides["new"], *args[1:]))
+            elif what == "recorded_run":
+                # one schedule of fuzz.engines.explore: the comparison and each side's choices
+                from fuzz.engines.explore import ChoiceLog
+                from fuzz.schedule import recording
+                log = ChoiceLog()
+                with recording(log):
+                    res = runner.run_trace(events, arch, sides["old"], sides["new"], [])
+                msg = ("ok", (log.done(), res))
             elif what == "cross_run":
                 from fuzz import rootcause
                 msg = ("ok", rootcause.cross_run(events, args[1], sides["old"].cls, sides["new"].cls))
@@ -446,6 +454,20 @@ def run_trace_contained(events: list, arch: str, old: runner.Side, new: runner.S
         res.observations.append(_failed_observations(events[k].op, f))
     mark_known(res.divergences, known)
     return res
+
+
+def recorded_run_contained(events: list, arch: str, old: runner.Side, new: runner.Side,
+                           known: list[KnownEntry]) -> tuple[list | None, runner.TraceResult]:
+    """One schedule of an exploration (fuzz/engines/explore.py) for a pair with a candidate:
+    the scheduling points each side recorded, in its worker, and the comparison.  A run that
+    hung, died or crashed outside the models' handlers has no records (None): its result is
+    what run_trace_contained reports for it (the failure, from the remembered prefix)."""
+    reply = _call(arch, old, new, "recorded_run", events)
+    if isinstance(reply, Failure):
+        return None, run_trace_contained(events, arch, old, new, known)
+    runs, res = reply[1]
+    mark_known(res.divergences, known)
+    return runs, res
 
 
 def cross_run_contained(events: list, j: int, old: runner.Side, new: runner.Side):

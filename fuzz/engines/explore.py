@@ -41,10 +41,13 @@ query answered yes is a choice too: answering no (the walk goes on holding the l
 nothing there) is a departure, named in the directive's `no_resched` list and written in a key
 as (step, "", query), which sorts after every choice made before that query and before the
 choice at that step.  Each costs one against K, not against the preemption bound, so the
-schedules of K = 0 are exactly those of an exploration without skips.
+schedules of K = 0 are exactly those of an exploration without skips.  A program of one task
+(a trace that names none) has only these departures: its events keep their trace order.
 
-Candidates (file.py:Class) are refused: the records come from the scheduler in this process,
-and a candidate runs only in its worker (fuzz/contain.py).
+A pair with a candidate (file.py:Class) is explored through its worker (fuzz/contain.py): each
+schedule is one request that returns the comparison and both sides' records.  A schedule whose
+run hangs or dies there has no records: it is reported (model-hang / model-crash) and not
+expanded.  `explore_side`, which runs one side with no comparison, takes our own models only.
 """
 from __future__ import annotations
 
@@ -217,10 +220,11 @@ class _Cut(Exception):
 
 
 def _children(points: list, key: Key, exits: dict[str, int] | None,
-              skips: bool = False) -> list[tuple[int, int, Key]]:
+              skips: bool = False, orders: bool = True) -> list[tuple[int, int, Key]]:
     """Every schedule one departure away from the run of `key`, after its last entry:
     (preemptions it costs, yields it skips, directive), in the order of the run, tasks by
-    name.  With `skips`, a need_resched() query answered yes may be answered no.  With `exits`
+    name.  With `skips`, a need_resched() query answered yes may be answered no; without
+    `orders` (a one-task program), no other task is chosen.  With `exits`
     (task -> number of events), a task that has ended its last event and has only its exit
     left is not chosen early: see `exits_commute`."""
     last = _position(key[-1]) if key else (-1, 1, 0)
@@ -233,7 +237,7 @@ def _children(points: list, key: Key, exits: dict[str, int] | None,
             continue
         if exits is not None and p.boundary and p.current in p.runnable:
             finished[p.current] = finished.get(p.current, 0) + 1
-        if _position(p) <= last:
+        if _position(p) <= last or not orders:
             continue
         for t in sorted(p.runnable):
             if t != p.chosen and not (exits is not None and t in exits and finished[t] >= exits[t]):
@@ -264,7 +268,8 @@ def _check_replay(parent: tuple[str, ...], child: list, entry: tuple, side: str)
                            f"(choices {got} instead of {want}): the model is not deterministic")
 
 
-Runner = Callable[[Key], tuple[dict[str, list], "TraceResult | None"]]
+# runs a directive: each side's records (None when a contained run left none) and the comparison
+Runner = Callable[[Key], tuple["dict[str, list] | None", "TraceResult | None"]]
 
 
 def _took(key: Key, choices: tuple[str, ...], skips: set[tuple[int, int]]) -> bool:
@@ -275,7 +280,8 @@ def _took(key: Key, choices: tuple[str, ...], skips: set[tuple[int, int]]) -> bo
 
 def _explore(names: list[str], exits: dict[str, int] | None, run: Runner, bound: int, cap: int | None,
              seed: int | None, deadline: float | None,
-             on_schedule: Callable[[Explored], None] | None, skip_bound: int = 0) -> Exploration:
+             on_schedule: Callable[[Explored], None] | None, skip_bound: int = 0,
+             orders: bool = True) -> Exploration:
     """Breadth first over the number of departures, within the preemption bound and the
     bound on skipped yields, over each named side's tree; `run(key)` runs a directive and
     returns each side's points (and the comparison, if any)."""
@@ -294,10 +300,14 @@ def _explore(names: list[str], exits: dict[str, int] | None, run: Runner, bound:
                 out.stopped_by = "deadline"
                 raise _Cut
             recs, result = run(key)
-            choices[key] = {s: chosen(recs[s]) for s in names}
+            if recs is None:                    # no records (a contained run hung or died): a leaf
+                recs = {s: None for s in names}
+            choices[key] = {s: chosen(recs[s] or ()) for s in names}
             # a side that did not take every entry never meets this directive in its own tree
-            records[key] = {s: recs[s] for s in names if s == side or _took(key, choices[key][s], skipped(recs[s]))}
-            ex = Explored(key, choices[key], {s: preemptions(recs[s]) for s in names}, result)
+            # (a leaf is a leaf for both sides, whichever asks)
+            records[key] = {s: recs[s] for s in names if s == side or recs[s] is None
+                            or _took(key, choices[key][s], skipped(recs[s]))}
+            ex = Explored(key, choices[key], {s: preemptions(recs[s] or ()) for s in names}, result)
             out.schedules.append(ex)
             if on_schedule:
                 on_schedule(ex)
@@ -321,10 +331,12 @@ def _explore(names: list[str], exits: dict[str, int] | None, run: Runner, bound:
             for cost, skips, key, i, parent in level:
                 side = names[i]
                 points = get(key, side)
+                if points is None:
+                    continue
                 if parent is not None:
                     _check_replay(parent, points, key[-1], side)
                 mine = choices[key][side]
-                for c, k, child in _children(points, key, exits, skips < skip_bound):
+                for c, k, child in _children(points, key, exits, skips < skip_bound, orders):
                     if cost + c <= bound and skips + k <= skip_bound:
                         deeper.append((cost + c, skips + k, child, i, mine))
             out.covered = depth
@@ -350,7 +362,8 @@ def explore_side(program: list[Event], arch: str, side: Side, bound: int, max_sc
             run_side(side.make, [directive(key)] + prog, arch, apply_event)
         runs = log.done()
         return {"side": runs[0] if runs else []}, None
-    return _explore(["side"], exits_commute(prog), run, bound, max_schedules, seed, deadline, None, skipped_yields)
+    return _explore(["side"], exits_commute(prog), run, bound, max_schedules, seed, deadline, None, skipped_yields,
+                    program_tasks(prog) != [MAIN_TASK])
 
 
 def explore(program: list[Event], arch: str, old: Side, new: Side, known: list[KnownEntry], bound: int,
@@ -359,23 +372,25 @@ def explore(program: list[Event], arch: str, old: Side, new: Side, known: list[K
     """Every schedule of `program` on either side up to `bound` preemptions and
     `skipped_yields` yields skipped, each compared as fuzz.runner.run_trace compares a trace
     (its schedule directive is replaced)."""
-    for s in (old, new):
-        if s.contained:
-            raise ExploreError(f"{s.name}: a candidate runs only in its worker process, where its "
-                               "schedules cannot be recorded; explore compares our own versions or "
-                               "in-process classes")
     prog = strip_schedule(program)
+    contained = old.contained or new.contained
 
     def run(key: Key):
-        log = ChoiceLog()
-        with recording(log):
-            res = run_trace([directive(key)] + prog, arch, old, new, known)
-        runs = log.done()
+        if contained:
+            from fuzz.contain import recorded_run_contained
+            runs, res = recorded_run_contained([directive(key)] + prog, arch, old, new, known)
+            if runs is None:
+                return None, res
+        else:
+            log = ChoiceLog()
+            with recording(log):
+                res = run_trace([directive(key)] + prog, arch, old, new, known)
+            runs = log.done()
         if len(runs) != 2:
             raise ExploreError(f"expected a recorded run per side, got {len(runs)}")
         return {"old": runs[0], "new": runs[1]}, res
     return _explore(["old", "new"], exits_commute(prog), run, bound, max_schedules, seed, deadline, on_schedule,
-                    skipped_yields)
+                    skipped_yields, program_tasks(prog) != [MAIN_TASK])
 
 
 def replay_choices(events: list[Event], arch: str, side: Side) -> tuple[str, ...]:
