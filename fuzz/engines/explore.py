@@ -66,8 +66,8 @@ from fuzz.schedule import recording
 from language.trace import MAIN_TASK, Event, Release, Schedule
 
 # a directive's entries in the order of the run: (step, task) runs task at scheduling point
-# step; (step, "", query) answers need_resched() query number `query` (made after step - 1
-# choices) with no
+# step; (step, "", query) answers need_resched() query number `query` with no (a query made
+# after `step` choices, before choice number `step`)
 Key = tuple[tuple, ...]
 
 
@@ -133,7 +133,7 @@ class ChoiceLog:
     def resched(self, sched, query: int, answer: bool) -> None:
         self._run(sched).append(Resched(sched.steps, query, answer))
 
-    def done(self) -> list[list[Point]]:
+    def done(self) -> list[list[Point | Resched]]:
         self._sched = None
         return self.runs
 
