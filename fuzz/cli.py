@@ -563,11 +563,12 @@ def cmd_explore(args) -> int:
                   "default schedule", file=sys.stderr, flush=True)
     ex = explore(events, arch, *sides, known, args.preemptions, args.max_schedules, args.seed,
                  on_schedule=progress, skipped_yields=args.skipped_yields)
-    skips = (f" and {args.skipped_yields} skipped yield{'s' if args.skipped_yields != 1 else ''}"
-             if args.skipped_yields else "")
+    skipped = f"{args.skipped_yields} skipped yield{'s' if args.skipped_yields != 1 else ''}"
+    preempt = f"{args.preemptions} preemption{'s' if args.preemptions != 1 else ''}"
+    bounds = (f"events in trace order, up to {skipped}" if len(tasks) == 1
+              else f"up to {preempt}" + (f" and {skipped}" if args.skipped_yields else ""))
     print(f"explore {path}: {arch} {old}..{new}, {len(tasks)} task{'s' if len(tasks) != 1 else ''} "
-          f"({', '.join(tasks)}), up to {args.preemptions} preemption{'s' if args.preemptions != 1 else ''}"
-          f"{skips}: {len(ex.schedules)} schedules, {ex.status} ({ex.seconds:.1f} s)")
+          f"({', '.join(tasks)}), {bounds}: {len(ex.schedules)} schedules, {ex.status} ({ex.seconds:.1f} s)")
     job = Job(arch, sides[0], sides[1], 0.0, args.seed or 0, Path(args.out),
               minimize_attempts=args.minimize_attempts, engine="explore")
     res = JobResult(job)

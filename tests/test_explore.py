@@ -315,4 +315,4 @@ def test_explore_skipped_yields_on_one_task_trace(tmp_path, capsys):
     assert explore_cli(trace, "--arch", "x86-shadow", "--old", "v6.10", "--new", "v6.19", "--preemptions", "0",
                        "--skipped-yields", "1", "--out", tmp_path / "o") == 0
     out = capsys.readouterr().out
-    assert "1 task (main), up to 0 preemptions and 1 skipped yield:" in out and "schedules, complete" in out
+    assert "1 task (main), events in trace order, up to 1 skipped yield:" in out and "schedules, complete" in out
