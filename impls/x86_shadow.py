@@ -270,9 +270,10 @@ class X86ShadowRmapZapYield_548f87f667a3(X86ShadowMmu):
     every head it zaps (Kvm.need_resched: true unless a schedule says no, so by default the
     most yields the walk can show, each with the smallest flush); heads without an SPTE are
     not visited, so no yield comes after one.  Without Hyper-V's ranged flush
-    (hyperv_range_flush off, the default) the ranged flush is a full one; with it, the range ends at the iterator's gfn, which on a level
-    after 4K is the start plus a multiple of the level's pages, so earlier levels' zaps above it
-    stay unflushed.  Applied from v6.19, the first modelled release after v6.12."""
+    (hyperv_range_flush off, the default) the ranged flush is a full one; with it, the range
+    ends at the iterator's gfn, which on a level after 4K is the start plus a multiple of the
+    level's pages, so earlier levels' zaps above it stay unflushed (docs/leads/hyperv-yield-flush).
+    Applied from v6.19, the first modelled release after v6.12."""
 
     def kvm_unmap_gfn_range(self, range: KvmGfnRange) -> bool:
         # v6.12 arch/x86/kvm/mmu/mmu.c kvm_unmap_gfn_range -> __kvm_rmap_zap_gfn_range

@@ -71,6 +71,11 @@ from language.trace import MAIN_TASK, Event, Release, Schedule
 Key = tuple[tuple, ...]
 
 
+def is_skip(entry: tuple) -> bool:
+    """Whether a key entry is a skipped yield (step, "", query) rather than a task (step, task)."""
+    return len(entry) == 3
+
+
 class ExploreError(Exception):
     """The program cannot be explored (a candidate side, a nondeterministic model)."""
 
@@ -108,7 +113,7 @@ def _position(x) -> tuple:
         return (x.step, 1, 0)
     if isinstance(x, Resched):
         return (x.step, 0, x.query)
-    return (x[0], 1, 0) if len(x) == 2 else (x[0], 0, x[2])
+    return (x[0], 0, x[2]) if is_skip(x) else (x[0], 1, 0)
 
 
 class ChoiceLog:
@@ -139,8 +144,8 @@ class ChoiceLog:
 
 
 def directive(key: Key) -> Schedule:
-    return Schedule(preempt=tuple(e for e in key if len(e) == 2),
-                    no_resched=tuple(sorted(e[2] for e in key if len(e) == 3)))
+    return Schedule(preempt=tuple(e for e in key if not is_skip(e)),
+                    no_resched=tuple(sorted(e[2] for e in key if is_skip(e))))
 
 
 def chosen(points: list) -> tuple[str, ...]:
@@ -261,9 +266,9 @@ def exits_commute(program: list[Event]) -> dict[str, int] | None:
 def _check_replay(parent: tuple[str, ...], child: list, entry: tuple, side: str) -> None:
     """The child's run repeats the parent's choices up to the new entry, then takes it."""
     step = entry[0]
-    want = list(parent[:step]) + ([entry[1]] if len(entry) == 2 else [])
+    want = list(parent[:step]) + ([] if is_skip(entry) else [entry[1]])
     got = list(chosen(child)[:len(want)])
-    if got != want or (len(entry) == 3 and (step, entry[2]) not in skipped(child)):
+    if got != want or (is_skip(entry) and (step, entry[2]) not in skipped(child)):
         raise ExploreError(f"side {side}: the schedule with {list(entry)} did not replay its prefix "
                            f"(choices {got} instead of {want}): the model is not deterministic")
 
@@ -274,7 +279,7 @@ Runner = Callable[[Key], tuple["dict[str, list] | None", "TraceResult | None"]]
 
 def _took(key: Key, choices: tuple[str, ...], skips: set[tuple[int, int]]) -> bool:
     """Whether a side's run took every entry of `key`."""
-    return all((e[0], e[2]) in skips if len(e) == 3 else e[0] < len(choices) and choices[e[0]] == e[1]
+    return all((e[0], e[2]) in skips if is_skip(e) else e[0] < len(choices) and choices[e[0]] == e[1]
                for e in key)
 
 
